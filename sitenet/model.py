@@ -1,0 +1,213 @@
+"""The Site-Net model: the whole architecture in one file (method.md B.2, C.2, C.4).
+
+Dimension letters, used in every shape comment of the project:
+    B batch, P primitive (query) sites, N supercell (key) sites, F site features, G pair features,
+    D site width (heads * head width), H heads, V value width per head, R pair width,
+    L local vector width, E crystal embedding width.
+
+Data flow: site (B,P,F) and pair (B,P,N,G) -> attention blocks -> local vectors l (B,P,L) -> per-site MLP ->
+masked mean over real sites -> MLP -> embedding g (B,E) -> property head.
+``forward`` is plain tensor code with no data-dependent Python branches, so it exports to ONNX.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+from sitenet.config import RegressorConfig, SiteNetConfig
+
+_HUB_TAGS = ["materials-science", "crystal", "site-net", "deep-infomax", "onnx"]
+
+
+def mlp(widths: list[int], *, plain_last: bool = False) -> nn.Sequential:
+    """Linear + Mish + LayerNorm per layer (norm after the activation, as in Site-Net).
+
+    ``plain_last`` leaves the last layer a bare Linear (logits, means, decoders)."""
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if not (plain_last and k == len(widths) - 2):
+            layers += [nn.Mish(), nn.LayerNorm(b)]
+    return nn.Sequential(*layers)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of x (B,P,C) over real rows only; a crystal with no real rows gives zeros."""
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B,P,1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B,C)
+
+
+def nonnegative(x: torch.Tensor) -> torch.Tensor:
+    """ReLU in the forward pass, identity gradient in the backward pass (Site-Net's "TReLU"), so a
+    prediction stuck below zero still learns."""
+    return x + (F.relu(x) - x).detach()
+
+
+class AttentionBlock(nn.Module):
+    """One Site-Net block: every primitive site i attends over all N supercell sites j through the bond
+    features b_ij = [x_i | x_parent(j) | e_ij]. Heads share one value vector and differ in their weights.
+    No residual connection, as published. The last block skips the pair update nobody reads."""
+
+    def __init__(self, config: SiteNetConfig, *, update_pairs: bool = True):
+        super().__init__()
+        d, r, h, v = config.site_width, config.pair_width, config.heads, config.head_width
+        bond = 2 * d + r
+        self.heads = h
+        self.logits = mlp([bond, *config.attention_hidden, h], plain_last=True)  # g^W
+        self.values = mlp([bond, *config.value_hidden, v])  # g^F
+        self.site_update = mlp([h * v, d])  # g^S
+        self.pair_update = mlp([bond, r]) if update_pairs else None  # g^I
+
+    def forward(self, x, e, parent, atom_mask):
+        b, p, n = e.shape[0], e.shape[1], e.shape[2]
+        xj = torch.gather(x, 1, parent.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B,N,D) keys' parent rows
+        bond = torch.cat([x.unsqueeze(2).expand(-1, -1, n, -1), xj.unsqueeze(1).expand(-1, p, -1, -1), e], -1)  # (B,P,N,2D+R)
+        logits = self.logits(bond)  # (B,P,N,H)
+        key_mask = atom_mask[:, None, :, None]  # (B,1,N,1)
+        # A finite fill, not -inf: a row whose keys are all padding must give zeros, not NaN.
+        logits = logits.masked_fill(~key_mask, torch.finfo(logits.dtype).min)
+        alpha = torch.softmax(logits, dim=2) * key_mask.to(logits.dtype)  # (B,P,N,H)
+        values = self.values(bond)  # (B,P,N,V)
+        out = torch.einsum("bpnh,bpnv->bpvh", alpha, values).reshape(b, p, -1)  # (B,P,V*H)
+        e = self.pair_update(bond) if self.pair_update is not None else e  # (B,P,N,R)
+        return self.site_update(out), e  # (B,P,D), (B,P,N,R)
+
+
+class EncoderOutput(NamedTuple):
+    sites: torch.Tensor  # (B,P,L) local vectors (means), zero at padded sites
+    embedding: torch.Tensor  # (B,E) crystal embedding (mean)
+
+
+class SiteNetEncoder(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="sitenet",
+    tags=_HUB_TAGS,
+    license="mit",
+    repo_url="https://github.com/sitenet-dim/sitenet-dim",
+    coders={SiteNetConfig: (lambda c: c.model_dump(mode="json"), lambda d: SiteNetConfig.model_validate(d))},
+):
+    """Site-Net encoder: crystal inputs -> per-site local vectors (B,P,L) and a crystal embedding (B,E).
+
+    ``local`` and ``pool`` are public because Deep InfoMax trains each level against its own objective and
+    feeds the local encoder corrupted inputs; ``forward`` is ``pool(local(...))`` without the noise branches.
+    """
+
+    def __init__(self, config: SiteNetConfig):
+        super().__init__()
+        self.config = config
+        spec, d = config.features, config.site_width
+        self.species_embedding = nn.Embedding(100, config.element_embedding) if config.element_embedding else None
+        self.site_embed = mlp([spec.site_dim + config.element_embedding, d])
+        self.pair_embed = mlp([spec.pair_dim, config.pair_width])
+        self.blocks = nn.ModuleList(
+            AttentionBlock(config, update_pairs=k < config.blocks - 1) for k in range(config.blocks)
+        )
+        self.local_mean = nn.Linear(config.blocks * d, config.local_dim)
+        self.local_logvar = nn.Linear(config.blocks * d, config.local_dim)  # DIM's KL branch only
+        self.pre_pool = mlp([config.local_dim, *config.pre_pool])
+        self.post_pool = mlp([config.pre_pool[-1], *config.post_pool])
+        last = config.post_pool[-1] if config.post_pool else config.pre_pool[-1]
+        self.embedding_mean = nn.Linear(last, config.embedding_dim)
+        self.embedding_logvar = nn.Linear(last, config.embedding_dim)  # DIM's KL branch only
+
+    def local(self, site, species, pair, parent, site_mask, atom_mask):
+        """Local encoder: returns (mean, log-variance) of the local vectors, each (B,P,L)."""
+        x = site  # (B,P,F)
+        if self.species_embedding is not None:
+            x = torch.cat([x, self.species_embedding(species)], -1)  # (B,P,F+Z)
+        x = self.site_embed(x)  # (B,P,D)
+        e = self.pair_embed(pair)  # (B,P,N,R)
+        summary = []
+        for block in self.blocks:
+            x, e = block(x, e, parent, atom_mask)
+            summary.append(x)
+        m = torch.cat(summary, -1)  # (B,P,blocks*D)
+        real = site_mask.unsqueeze(-1).to(m.dtype)  # (B,P,1)
+        return self.local_mean(m) * real, self.local_logvar(m) * real  # (B,P,L), (B,P,L)
+
+    def pool(self, sites, site_mask):
+        """Global encoder: local vectors (B,P,L) -> (mean, log-variance) of the embedding, each (B,E)."""
+        h = masked_mean(self.pre_pool(sites), site_mask)  # (B,C) mean over real sites only
+        h = self.post_pool(h)  # (B,C')
+        return self.embedding_mean(h), self.embedding_logvar(h)  # (B,E), (B,E)
+
+    def forward(self, site, species, pair, parent, site_mask, atom_mask) -> EncoderOutput:
+        sites, _ = self.local(site, species, pair, parent, site_mask, atom_mask)  # (B,P,L)
+        embedding, _ = self.pool(sites, site_mask)  # (B,E)
+        return EncoderOutput(sites, embedding)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, strict: bool = True, **kwargs):
+        """Load from a zoo name, a local folder or a Hub repo id (strict: every weight must match)."""
+        return super().from_pretrained(pretrained_model_name_or_path, strict=strict, **kwargs)
+
+
+class PropertyHead(nn.Module):
+    """MLP from the embedding (B,E) to raw outputs (B,K): K = 2 (gap, metal logit) or 1 (value)."""
+
+    def __init__(self, config: RegressorConfig):
+        super().__init__()
+        k = 2 if config.target == "band_gap" and config.metal_classifier else 1
+        self.net = mlp([config.encoder.embedding_dim, *config.head_hidden, k], plain_last=True)
+
+    def forward(self, embedding):
+        return self.net(embedding)  # (B,K)
+
+
+class SiteNetRegressor(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="sitenet",
+    tags=_HUB_TAGS,
+    license="mit",
+    repo_url="https://github.com/sitenet-dim/sitenet-dim",
+    coders={RegressorConfig: (lambda c: c.model_dump(mode="json"), lambda d: RegressorConfig.model_validate(d))},
+):
+    """Encoder plus one property head. Outputs (by name, see ``RegressorConfig.outputs``):
+    band gap in eV (never negative; exactly 0 where the metal probability is >= 0.5) with its metal
+    probability, or formation energy in eV/atom; and the embedding (B,E)."""
+
+    def __init__(self, config: RegressorConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = SiteNetEncoder(config.encoder)
+        self.head = PropertyHead(config)
+
+    @classmethod
+    def from_encoder(cls, encoder: SiteNetEncoder, config: RegressorConfig) -> "SiteNetRegressor":
+        """A regressor whose encoder starts from ``encoder``'s weights (copied strictly) and a fresh head."""
+        if encoder.config != config.encoder:
+            raise ValueError("the encoder's config differs from config.encoder")
+        model = cls(config)
+        model.encoder.load_state_dict(encoder.state_dict(), strict=True)
+        return model
+
+    def raw(self, site, species, pair, parent, site_mask, atom_mask):
+        """(raw head outputs (B,K), embedding (B,E)), for training losses."""
+        embedding = self.encoder(site, species, pair, parent, site_mask, atom_mask).embedding  # (B,E)
+        return self.head(embedding), embedding
+
+    def forward(self, site, species, pair, parent, site_mask, atom_mask) -> dict[str, torch.Tensor]:
+        raw, embedding = self.raw(site, species, pair, parent, site_mask, atom_mask)  # (B,K), (B,E)
+        if self.config.target == "band_gap" and self.config.metal_classifier:
+            metal = torch.sigmoid(raw[:, 1])  # (B,)
+            gap = nonnegative(raw[:, 0]) * (metal < 0.5).to(raw.dtype)  # (B,)
+            return {"band_gap": gap, "metal_probability": metal, "embedding": embedding}
+        value = raw[:, 0]  # (B,)
+        if self.config.target == "band_gap":
+            value = nonnegative(value)
+        return {self.config.target: value, "embedding": embedding}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, strict: bool = True, **kwargs):
+        """Load from a zoo name, a local folder or a Hub repo id (strict: every weight must match)."""
+        return super().from_pretrained(pretrained_model_name_or_path, strict=strict, **kwargs)
+
+
+def to_tensors(batch) -> dict[str, torch.Tensor]:
+    """A ``sitenet.batch.Batch`` as torch tensors keyed by input name."""
+    return {name: torch.from_numpy(array) for name, array in batch.inputs().items()}
