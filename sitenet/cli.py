@@ -37,6 +37,22 @@ def _embed(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size)
 
 
+def _push(args: argparse.Namespace) -> int:
+    from sitenet.hub import push
+
+    commit = push(Path(args.folder), args.repo_id, revision=args.revision, private=args.private)
+    print(json.dumps({"repo_id": args.repo_id, "commit": commit}))
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from sitenet.hub import pull
+
+    folder = pull(args.repo_id, revision=args.revision, local_dir=Path(args.local_dir) if args.local_dir else None)
+    print(folder)
+    return 0
+
+
 def _delegate(module: str, function: str):
     """A handler that imports ``module`` only when its subcommand runs (training needs torch)."""
 
@@ -72,7 +88,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_embed)
 
+    p = sub.add_parser("push", help="publish a model folder to the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN)")
+    p.add_argument("folder")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME")
+    p.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_push)
+
+    p = sub.add_parser("pull", help="download a model from the Hub (or the offline cache) and verify it")
+    p.add_argument("repo_id", help="ORG/NAME")
+    p.add_argument("--revision", default=None, help="branch, tag or commit sha")
+    p.add_argument("--local-dir", default=None, help="write the files here instead of the HF cache")
+    p.set_defaults(func=_pull)
+
+    p = sub.add_parser("predict", help="predict band gap and formation energy of CIF files (ONNX Runtime)")
+    p.add_argument("cifs", nargs="+", help="CIF files")
+    p.add_argument("--output", "-o", default="-", help=".json, .csv, or - for JSON on stdout")
+    p.add_argument("--embedding", action="store_true", help="include the 64-d embedding")
+    p.set_defaults(func=_delegate("sitenet.predict", "predict_main"))
+
+    for module in ("training.cli", "training.publish"):
+        try:
+            __import__(module, fromlist=["add_subcommands"]).add_subcommands(sub)
+        except ImportError as err:  # the serving install has no torch: training commands are absent
+            if not _missing_training_dependency(err):
+                raise
     return parser
+
+
+def _missing_training_dependency(err: ImportError) -> bool:
+    return (err.name or "").split(".")[0] in {"torch", "lightning", "onnx", "sklearn", "matplotlib", "training"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -302,6 +302,38 @@ def test_unknown_repo_or_revision_online_raises_model_load_error(online_hub: Any
         hub.resolve(REPO_ID, revision="v9")
 
 
+def test_unreachable_hub_raises_model_load_error_saying_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", dead_endpoint())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1 to use cached models only"):
+        hub.resolve(REPO_ID)
+
+
+def test_fake_hub_answers_metadata_requests_like_the_hub(online_hub: Any, model_dir: Path, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    (model_dir / "plots").mkdir()
+    (model_dir / "plots" / "parity.png").write_bytes(b"\x89PNG fake")
+    hub.write_manifest(model_dir)
+    commit = hub.push(model_dir, REPO_ID)
+    api = HfApi(endpoint=online_hub.url, token="dummy-token")
+
+    latest, pinned = api.model_info(REPO_ID), api.model_info(REPO_ID, revision=commit)
+    assert latest.sha == pinned.sha == commit
+    assert {s.rfilename for s in latest.siblings or []} == MODEL_FILES | {"manifest.json", "plots/parity.png"}
+    assert [f.path for f in api.list_repo_tree(REPO_ID, path_in_repo="plots", revision=commit)] == ["plots/parity.png"]
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(REPO_ID, "missing.json", endpoint=online_hub.url, cache_dir=tmp_path / "cache")
+
+
 def test_pull_into_fresh_cache_then_resolve_offline_in_new_processes(
     online_hub: Any, model_dir: Path, tmp_path: Path
 ) -> None:
