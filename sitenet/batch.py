@@ -103,7 +103,7 @@ def bucket_batches(
     sizes_arr = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
     rng = np.random.default_rng(seed)
     tiebreak = rng.permutation(len(sizes_arr)) if shuffle else np.arange(len(sizes_arr))
-    order = np.lexsort((tiebreak, sizes_arr[:, 0], sizes_arr[:, 1]))  # by N, then P
+    order = np.lexsort((tiebreak, sizes_arr[:, 1], sizes_arr[:, 0]))  # by P, then N
     batches: list[np.ndarray] = []
     current: list[int] = []
     p_max = n_max = 0
