@@ -90,11 +90,19 @@ def has_pure_translation(
     numbers = np.asarray(atomic_numbers)
     species, counts = np.unique(numbers, return_counts=True)
     rare = np.flatnonzero(numbers == species[np.argmin(counts)])
-    same = numbers[:, None] == numbers[None, :]  # (n, n)
+
+    def maps_onto_itself(subset: np.ndarray, shift: np.ndarray) -> bool:
+        # In a reduced cell a match within symprec is found by rounding the fractional difference.
+        diff = frac_coords[subset][:, None, :] + shift - frac_coords[None, :, :]  # (k, n, 3)
+        diff -= np.round(diff)
+        close = np.einsum("knj,jl->knl", diff, lattice)
+        close = (close**2).sum(-1) < symprec**2  # (k, n)
+        return bool(np.all((close & (numbers[subset][:, None] == numbers[None, :])).any(1)))
+
     for k in rare[1:]:
         shift = frac_coords[k] - frac_coords[rare[0]]
-        d = min_image_distances(frac_coords + shift, frac_coords, lattice)  # (n, n)
-        if np.all(((d < symprec) & same).any(1)):
+        # the rare species alone rejects almost every candidate; only survivors are checked on all atoms
+        if maps_onto_itself(rare, shift) and maps_onto_itself(np.arange(len(numbers)), shift):
             return True
     return False
 
