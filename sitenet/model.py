@@ -48,7 +48,7 @@ def nonnegative(x: torch.Tensor) -> torch.Tensor:
 
 class AttentionBlock(nn.Module):
     """One Site-Net block: every primitive site i attends over all N supercell sites j through the bond
-    features b_ij = [x_i | x_parent(j) | e_ij]. Heads share one value vector and differ in their weights.
+    features b_ij = [x_i | x_parent(j) | e_ij] (never materialised: see ``bond_layer``). Heads share one value vector and differ in their weights.
     No residual connection, as published. The last block skips the pair update nobody reads."""
 
     def __init__(self, config: SiteNetConfig, *, update_pairs: bool = True):
@@ -61,18 +61,33 @@ class AttentionBlock(nn.Module):
         self.site_update = mlp([h * v, d])  # g^S
         self.pair_update = mlp([bond, r]) if update_pairs else None  # g^I
 
+    def bond_layer(self, x, xj, e):
+        """First layer of g^W, g^F and g^I on the bond features b_ij = [x_i | x_j | e_ij], (B,P,N,K).
+
+        A Linear of a concatenation is a sum of Linears, so the site parts are computed once per site and
+        per key and broadcast, instead of once per pair: this is most of the model's arithmetic."""
+        firsts = [self.logits[0], self.values[0]] + ([self.pair_update[0]] if self.pair_update is not None else [])
+        weight = torch.cat([layer.weight for layer in firsts], 0)  # (K, 2D+R)
+        bias = torch.cat([layer.bias for layer in firsts], 0)  # (K,)
+        d = x.shape[-1]
+        h_i = x @ weight[:, :d].T  # (B,P,K)
+        h_j = xj @ weight[:, d : 2 * d].T  # (B,N,K)
+        h_e = e @ weight[:, 2 * d :].T + bias  # (B,P,N,K)
+        h = h_e.add_(h_i.unsqueeze(2)).add_(h_j.unsqueeze(1))  # (B,P,N,K), in place: no (B,P,N,K) temporaries
+        return torch.split(h, [layer.out_features for layer in firsts], dim=-1)
+
     def forward(self, x, e, parent, atom_mask):
-        b, p, n = e.shape[0], e.shape[1], e.shape[2]
+        b, p = e.shape[0], e.shape[1]
         xj = torch.gather(x, 1, parent.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B,N,D) keys' parent rows
-        bond = torch.cat([x.unsqueeze(2).expand(-1, -1, n, -1), xj.unsqueeze(1).expand(-1, p, -1, -1), e], -1)  # (B,P,N,2D+R)
-        logits = self.logits(bond)  # (B,P,N,H)
+        first = self.bond_layer(x, xj, e)
+        logits = self.logits[1:](first[0])  # (B,P,N,H)
         key_mask = atom_mask[:, None, :, None]  # (B,1,N,1)
         # A finite fill, not -inf: a row whose keys are all padding must give zeros, not NaN.
         logits = logits.masked_fill(~key_mask, torch.finfo(logits.dtype).min)
         alpha = torch.softmax(logits, dim=2) * key_mask.to(logits.dtype)  # (B,P,N,H)
-        values = self.values(bond)  # (B,P,N,V)
+        values = self.values[1:](first[1])  # (B,P,N,V)
         out = torch.einsum("bpnh,bpnv->bpvh", alpha, values).reshape(b, p, -1)  # (B,P,V*H)
-        e = self.pair_update(bond) if self.pair_update is not None else e  # (B,P,N,R)
+        e = self.pair_update[1:](first[2]) if self.pair_update is not None else e  # (B,P,N,R)
         return self.site_update(out), e  # (B,P,D), (B,P,N,R)
 
 

@@ -7,6 +7,7 @@ graph is saved as one self-contained file (no external data) at a pinned opset.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,24 @@ from sitenet.model import SiteNetEncoder, SiteNetRegressor, to_tensors
 
 OPSET = 18
 PARITY_ATOL = 1e-4
+
+
+class _OnnxMish(torch.nn.Module):
+    """Mish written as x * tanh(relu(x) + log(1 + exp(-|x|))): the same function (to ~1e-7), but ONNX
+    Runtime's Softplus kernel, which a plain Mish exports to, was about 60% of inference time on CPU."""
+
+    def forward(self, x):
+        return x * torch.tanh(torch.relu(x) + torch.log(1.0 + torch.exp(-torch.abs(x))))
+
+
+def _for_export(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with every ``nn.Mish`` replaced by :class:`_OnnxMish` (no parameters change)."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.Mish):
+                setattr(parent, name, _OnnxMish())
+    return module
 
 
 class _EncoderGraph(torch.nn.Module):
@@ -60,7 +79,7 @@ def export_onnx(model: SiteNetEncoder | SiteNetRegressor, path: str | Path, *, o
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    graph = _EncoderGraph(model) if isinstance(model, SiteNetEncoder) else model
+    graph = _for_export(_EncoderGraph(model) if isinstance(model, SiteNetEncoder) else model)
     names = output_names(model)
     inputs = tuple(to_tensors(example_batch(model)).values())
     axes = {"site": {0: "B", 1: "P"}, "species": {0: "B", 1: "P"}, "pair": {0: "B", 1: "P", 2: "N"},

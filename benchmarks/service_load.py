@@ -1,0 +1,295 @@
+"""Load test of the SiteNet service: starts ``bentoml serve``, then drives it with keep-alive HTTP clients.
+
+Closed loop (each of C clients sends its next request when the last one returns) at C = 1, 4, 16: latency
+p50/p90/p99 and throughput. Open loop at a fixed aggregate rate (default 200 req/s over 16 connections):
+latency measured from each request's *scheduled* send time, so a stalled server cannot hide its queue
+(no coordinated omission). Every non-200 answer and every connection error is counted. Server RSS (arbiter
+and workers) is read before and after.
+
+The client is a small asyncio HTTP/1.1 client over raw sockets (no per-request client overhead worth
+measuring), so on a shared 2-core machine most of the CPU goes to the server. Requests upload one of the
+``examples/*.cif`` files to ``POST /predict`` (multipart, band gap + formation energy).
+
+    python benchmarks/service_load.py                     # 60 s per phase, writes benchmarks/results/
+    python benchmarks/service_load.py --duration 10       # quick look
+    python benchmarks/service_load.py --rate 200 40       # open loop at 200 req/s and at 40 req/s
+    python benchmarks/service_load.py --url http://host:3000 --no-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _multipart(path: Path, boundary: str = "sitenetbenchboundary") -> tuple[bytes, str]:
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"cif\"; filename=\"{path.name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def build_requests(host: str, port: int, route: str, cifs: list[Path]) -> list[bytes]:
+    out = []
+    for path in cifs:
+        body, ctype = _multipart(path)
+        head = (f"POST {route} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode()
+        out.append(head + body)
+    return out
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; ``request`` returns (status, body)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+        try:
+            self.writer.write(raw)
+            return await asyncio.wait_for(self._response(), self.timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _response(self) -> tuple[int, bytes]:
+        assert self.reader is not None
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        else:  # chunked
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                parts.append(await self.reader.readexactly(size + 2))
+                if size == 0:
+                    break
+            body = b"".join(p[:-2] for p in parts)
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def closed_loop(host: str, port: int, requests: list[bytes], clients: int, duration: float,
+                      timeout: float) -> dict:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    stop = time.perf_counter() + duration
+
+    async def client(k: int) -> None:
+        conn = Connection(host, port, timeout)
+        i = k
+        while time.perf_counter() < stop:
+            raw = requests[i % len(requests)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                status, body = await conn.request(raw)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
+                errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return _summary(latencies, errors, time.perf_counter() - t0, clients=clients, mode="closed")
+
+
+async def open_loop(host: str, port: int, requests: list[bytes], clients: int, rate: float, duration: float,
+                    timeout: float) -> dict:
+    """``rate`` req/s in total, spread evenly over ``clients`` connections; latency from the scheduled time."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    start = time.perf_counter() + 0.05
+    per_client = rate / clients
+    not_sent = 0
+
+    async def client(k: int) -> None:
+        nonlocal not_sent
+        conn = Connection(host, port, timeout)
+        n = 0
+        while True:
+            scheduled = start + (n + k / clients) / per_client
+            if scheduled > start + duration:
+                break
+            if time.perf_counter() > start + duration + 5.0:  # overloaded: stop rather than drain for minutes
+                not_sent += int((start + duration - scheduled) * per_client) + 1
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            raw = requests[(n * clients + k) % len(requests)]
+            n += 1
+            try:
+                status, _ = await conn.request(raw)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
+                errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
+                continue
+            latencies.append(time.perf_counter() - scheduled)
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+        conn.close()
+
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    result = _summary(latencies, errors, time.perf_counter() - start, clients=clients, mode="open")
+    result["offered_rps"] = rate
+    result["not_sent"] = not_sent
+    return result
+
+
+def _summary(latencies: list[float], errors: dict[str, int], elapsed: float, *, clients: int, mode: str) -> dict:
+    ms = np.asarray(latencies) * 1e3
+    pct = (lambda q: round(float(np.percentile(ms, q)), 2)) if len(ms) else (lambda q: None)
+    return {"mode": mode, "clients": clients, "requests": len(ms), "seconds": round(elapsed, 2),
+            "throughput_rps": round(len(ms) / elapsed, 1) if elapsed else 0.0,
+            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100),
+            "errors": sum(errors.values()), "errors_by_kind": errors}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mb(pid: int) -> dict[str, float] | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+        per = {f"{p.pid}:{' '.join(p.cmdline()[-3:])[:60]}": round(p.memory_info().rss / 2**20, 1) for p in procs}
+    except psutil.Error:
+        return None
+    return {"total_mb": round(sum(per.values()), 1), "processes": per}
+
+
+def _wait_ready(host: str, port: int, timeout: float = 120.0) -> float:
+    """Poll /readyz with a short per-request timeout (it hangs while models load, stack notes §1 pitfall 4)."""
+    import urllib.error
+    import urllib.request
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - t0
+        except (urllib.error.URLError, OSError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"server on port {port} not ready after {timeout} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase (default 60)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="closed-loop client counts")
+    parser.add_argument("--rate", type=float, nargs="+", default=[200.0],
+                        help="open-loop aggregate rates, req/s, one phase each (0: skip)")
+    parser.add_argument("--rate-clients", type=int, default=16, help="connections of the open-loop phase")
+    parser.add_argument("--route", default="/predict")
+    parser.add_argument("--url", default=None, help="use a running server instead of starting one")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load before measuring")
+    parser.add_argument("--output", default=str(RESULTS / "service_load"), help="results path without suffix")
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    args = parser.parse_args(argv)
+
+    cifs = sorted((REPO / "examples").glob("*.cif"))
+    server = None
+    if args.url:
+        parsed = urlparse(args.url)
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    else:
+        host, port = "127.0.0.1", _free_port()
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
+        import tempfile
+
+        log = tempfile.NamedTemporaryFile("w", prefix="sitenet-serve-", suffix=".log", delete=False)  # noqa: SIM115
+        print(f"server log: {log.name}", flush=True)
+        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", host, "--port", str(port)],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ready_s = _wait_ready(host, port) if server else 0.0
+        requests = build_requests(host, port, args.route, cifs)
+        rss_before = _rss_mb(server.pid) if server else None
+        if args.warmup > 0:
+            asyncio.run(closed_loop(host, port, requests, 4, args.warmup, args.timeout))
+        phases = []
+        for c in args.clients:
+            phases.append(asyncio.run(closed_loop(host, port, requests, c, args.duration, args.timeout)))
+            print(json.dumps(phases[-1]), flush=True)
+        for rate in (r for r in args.rate if r > 0):
+            phases.append(asyncio.run(open_loop(host, port, requests, args.rate_clients, rate, args.duration,
+                                                args.timeout)))
+            print(json.dumps(phases[-1]), flush=True)
+        rss_after = _rss_mb(server.pid) if server else None
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+              "route": args.route, "cifs": [p.name for p in cifs], "duration_s": args.duration,
+              "server_ready_s": round(ready_s, 2), "rss_before": rss_before, "rss_after": rss_after,
+              "phases": phases, "cpu_count": os.cpu_count(), "machine": platform.platform(), "note": args.note,
+              "settings": {k: v for k, v in os.environ.items() if k.startswith("SITENET_")}}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(_markdown(result))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _markdown(r: dict) -> str:
+    rows = ["| mode | clients | offered req/s | requests | throughput req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
+            "| not sent |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in r["phases"]:
+        rows.append(f"| {p['mode']} | {p['clients']} | {p.get('offered_rps', '-')} | {p['requests']} | "
+                    f"{p['throughput_rps']} | {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {p['max_ms']} | "
+                    f"{p['errors']} {p['errors_by_kind'] or ''} | {p.get('not_sent', '-')} |")
+    rss = lambda x: x["total_mb"] if x else "n/a"  # noqa: E731
+    return (f"# Service load test\n\n`{r['command']}` — {r['duration_s']} s per phase, `POST {r['route']}` with "
+            f"{', '.join(r['cifs'])}, {r['cpu_count']} CPUs ({r['machine']}).\n\n" + "\n".join(rows) +
+            f"\n\nServer ready after {r['server_ready_s']} s; RSS (arbiter + workers) {rss(r['rss_before'])} MB "
+            f"before, {rss(r['rss_after'])} MB after.\n\n{r['note']}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

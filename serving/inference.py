@@ -1,0 +1,78 @@
+"""The model side of the service: ONNX Runtime sessions behind one adaptively batched ``infer`` API.
+
+Only featurised crystals (``serving.schemas.InferItem``) reach it, from ``SiteNetService``; it never parses a
+CIF, so one bad upload can never fail a batch. ``infer`` checks each item again and answers per item.
+"""
+
+import logging
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+
+from serving.schemas import InferItem, InferOut
+from serving.settings import ServiceSettings
+from sitenet.elements import MAX_Z
+from sitenet.features import CrystalFeatures
+from sitenet.predict import Predictor
+from sitenet.runtime import cuda_device_count
+
+logger = logging.getLogger("sitenet.serving")
+SETTINGS = ServiceSettings.from_env()
+_OUTPUTS = {"band_gap": ("band_gap", "metal_probability"), "formation_energy": ("formation_energy",)}
+
+
+def load_predictor(load: bool) -> Predictor:
+    """The configured models; ``load=False``: configs and checksums only (the HTTP side)."""
+    return Predictor.from_pretrained(**SETTINGS.model_names(), revision=SETTINGS.revision, providers=SETTINGS.providers,
+                                     threads=SETTINGS.ort_threads, load=load, max_sites=SETTINGS.max_sites,
+                                     max_bytes=SETTINGS.max_cif_bytes)
+
+
+@bentoml.service(name="sitenet-models", workers=1, traffic={"timeout": SETTINGS.timeout_s},
+                 logging={"access": {"enabled": False}},  # internal hop: the HTTP worker logs every request
+                 resources={"gpu": 1} if SETTINGS.providers != "cpu" and cuda_device_count() else {"cpu": "1"})
+class SiteNetModels:
+    """The ONNX models; sees only featurised crystals."""
+
+    def __init__(self) -> None:
+        self.predictor = load_predictor(load=True)
+        logger.info("models ready: %s", {r: m.providers for r, m in self.predictor.models.items()})
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    async def infer(self, items: list[InferItem]) -> list[InferOut]:
+        """Model outputs for featurised crystals (internal; batched across concurrent requests)."""
+        return await anyio.to_thread.run_sync(self._infer, items)
+
+    def _infer(self, items: list[InferItem]) -> list[InferOut]:
+        features = [_features(item) for item in items]
+        ok = [k for k, f in enumerate(features) if f is not None]
+        targets = sorted({t for k in ok for t in items[k].targets})
+        embedding = any(items[k].embedding for k in ok)
+        values = self.predictor.run([features[k] for k in ok], targets=targets, return_embedding=embedding)
+        out = [InferOut(error="malformed features") for _ in items]
+        for k, v in zip(ok, values):
+            emb = v.get("embedding") if items[k].embedding else None
+            out[k] = InferOut(values={n: v[n] for t in items[k].targets for n in _OUTPUTS[t] if n in v},
+                              embedding=None if emb is None else [float(x) for x in emb])
+        return out
+
+    @bentoml.api
+    async def info(self) -> dict[str, Any]:
+        """Models, checksums and the execution providers really in use."""
+        return self.predictor.info()
+
+    def __is_ready__(self) -> bool:
+        return all(m.session is not None for m in self.predictor.models.values())
+
+
+def _features(item: InferItem) -> CrystalFeatures | None:
+    """The item as CrystalFeatures, or None if it is not a well-formed one (never raises: one item, one answer)."""
+    z, d = item.atomic_numbers, item.distance
+    if z.ndim != 1 or d.ndim != 2 or not np.all((z >= 1) & (z <= MAX_Z)) or not np.all(np.isfinite(d)):
+        return None
+    try:
+        return CrystalFeatures(atomic_numbers=z.astype(np.int64), distance=d.astype(np.float32), images=item.images)
+    except ValueError:
+        return None

@@ -1,0 +1,116 @@
+"""Request and response bodies of the SiteNet service (pydantic; descriptions and units show in OpenAPI).
+
+Units: band gap eV, formation energy eV/atom, embedding dimensionless (E = 64 floats from the DIM encoder).
+Every error, whole-request or per item, has one shape: :class:`ErrorOut` ``{"code", "message", "detail"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from bentoml.validators import TensorSchema
+from pydantic import BaseModel, ConfigDict, Field
+
+Target = Literal["band_gap", "formation_energy"]
+
+
+class PredictOptions(BaseModel):
+    """What to predict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[Target] = Field(default_factory=lambda: ["band_gap", "formation_energy"],
+                                  description="properties to predict: band_gap (eV), formation_energy (eV/atom)")
+    return_embedding: bool = Field(False, description="also return the 64-d DIM crystal embedding")
+
+
+class PredictionOut(BaseModel):
+    """Predicted properties of one crystal; a target that was not asked for is null."""
+
+    formula: str = Field(description="reduced formula, e.g. 'NaCl'")
+    n_sites: int = Field(description="sites in the uploaded cell")
+    band_gap: float | None = Field(None, description="band gap, eV (exactly 0 when metal_probability >= 0.5)")
+    metal_probability: float | None = Field(None, description="probability that the crystal is a metal (gap 0)")
+    formation_energy: float | None = Field(None, description="formation energy, eV/atom")
+    embedding: list[float] | None = Field(None, description="DIM encoder crystal embedding (64 floats), if asked for")
+    models: dict[str, str] = Field(default_factory=dict,
+                                   description="role -> '<model>@<first 12 hex of model.onnx sha256>' of the models used")
+
+
+class ErrorOut(BaseModel):
+    """Why a request, or one item of a batch, was refused."""
+
+    code: str = Field(description="stable snake_case error code, e.g. cif_parse_error, too_many_sites")
+    message: str = Field(description="what is wrong, for humans")
+    detail: Any = Field(None, description="machine-readable specifics (numbers, site indices, parser reasons)")
+
+
+class BatchItemOut(BaseModel):
+    """The outcome for input ``index``: a prediction or an error, never both."""
+
+    index: int = Field(description="position of the CIF in the request (upload order for files)")
+    prediction: PredictionOut | None = None
+    error: ErrorOut | None = None
+
+
+class BatchOut(BaseModel):
+    """One entry per input, in input order; a bad CIF does not affect the others."""
+
+    results: list[BatchItemOut]
+    n_ok: int = Field(description="entries with a prediction")
+    n_failed: int = Field(description="entries with an error")
+
+
+class EmbeddingItemOut(BaseModel):
+    """The embedding of input ``index``, or why there is none."""
+
+    index: int = Field(description="position of the CIF in the request (upload order for files)")
+    formula: str | None = None
+    n_sites: int | None = None
+    embedding: list[float] | None = Field(None, description="64 floats from the DIM encoder")
+    error: ErrorOut | None = None
+
+
+class EmbedOut(BaseModel):
+    results: list[EmbeddingItemOut]
+    model: str = Field(description="'<encoder>@<sha256[:12]>' that made the embeddings")
+
+
+class ModelInfoOut(BaseModel):
+    name: str = Field(description="zoo / Hub name (the folder name)")
+    model_type: str = Field(description="'sitenet' (encoder) or 'sitenet-regressor'")
+    sha256: str = Field(description="sha256 of model.onnx")
+    version: str = Field(description="first 12 hex digits of sha256")
+    library_version: str | None = Field(None, description="sitenet version that wrote the model's manifest")
+    providers: list[str] = Field(description="ONNX Runtime execution providers really in use")
+    providers_requested: str = Field(description="auto | cpu | cuda, as configured")
+
+
+class InfoOut(BaseModel):
+    sitenet_version: str
+    models: dict[str, ModelInfoOut] = Field(description="by role: encoder, band_gap, formation_energy")
+    targets: list[str] = Field(description="targets this deployment can predict")
+    embedding: bool = Field(description="whether embeddings are available")
+    units: dict[str, str]
+    feature_spec: dict[str, Any] = Field(description="featurisation shared by all models")
+    limits: dict[str, int] = Field(description="request limits: bytes, CIFs per request, sites per cell")
+
+
+# --- between the HTTP workers and the model worker (not public) -----------------------------------------
+class InferItem(BaseModel):
+    """A featurised crystal (``sitenet.features.CrystalFeatures``) and what to compute for it."""
+
+    atomic_numbers: Annotated[np.ndarray, TensorSchema("numpy-array", "int64", None)]  # (P,)
+    distance: Annotated[np.ndarray, TensorSchema("numpy-array", "float32", None)]  # (P, N), Å
+    images: int
+    targets: list[Target]
+    embedding: bool = False
+
+
+class InferOut(BaseModel):
+    """Raw model outputs for one :class:`InferItem` (only what was asked for)."""
+
+    values: dict[str, float] = Field(default_factory=dict)
+    embedding: list[float] | None = None
+    error: str | None = None

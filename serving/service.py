@@ -1,0 +1,164 @@
+"""SiteNet prediction service: BentoML over ONNX Runtime (CUDA when usable, else CPU). No torch.
+
+Two services, one process each by default: ``SiteNetService`` here (HTTP: reads, validates and featurises
+every CIF, per item) and ``SiteNetModels`` (``serving/inference.py``: only featurised tensors reach it; its
+``infer`` is adaptively batched across concurrent requests). A bad CIF therefore never reaches, or fails, a
+batch. Errors have one shape ``{"code", "message", "detail"}`` (``serving/errors.py``). Settings:
+``SITENET_*`` variables (``serving/settings.py``). Run: ``bentoml serve`` at the repository root.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import bentoml
+from pydantic import Field
+
+from serving.errors import RequestGuard, error_response, rejection_out, rejection_response
+from serving.inference import SETTINGS, SiteNetModels, load_predictor
+from serving.schemas import (BatchItemOut, BatchOut, EmbeddingItemOut, EmbedOut, InferItem, InferOut, InfoOut,
+                             PredictionOut, PredictOptions)
+from sitenet.predict import Prediction, Prepared, Rejection
+
+logger = logging.getLogger("sitenet.serving")
+ROUTES = {"/predict": "multipart", "/predict_files": "multipart", "/embed_files": "multipart",
+          "/predict_text": "json", "/predict_batch": "json", "/embed": "json"}
+
+
+@bentoml.service(name="sitenet", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})
+class SiteNetService:
+    """Band gap (eV), formation energy (eV/atom) and DIM embeddings of crystals given as CIF."""
+
+    models = bentoml.depends(SiteNetModels)
+
+    def __init__(self) -> None:
+        self.predictor = load_predictor(load=False)  # featurisation only: the model worker runs the graphs
+        _keep_sessions(self.models)
+
+    @bentoml.api(route="/predict")
+    async def predict(self, cif: Path, options: PredictOptions = PredictOptions()) -> PredictionOut:
+        """Predict one uploaded CIF file: ``curl -F cif=@x.cif [-F 'options={"return_embedding":true}']``."""
+        return await self._one(cif.read_bytes(), options)
+
+    @bentoml.api(route="/predict_text")
+    async def predict_text(self, cif: str = Field(description="CIF text"),
+                           options: PredictOptions = PredictOptions()) -> PredictionOut:
+        """Predict one CIF given as text in JSON: ``{"cif": "data_...", "options": {...}}``."""
+        return await self._one(cif.encode("utf-8", "surrogateescape"), options)
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, cifs: list[str] = Field(description="CIF texts"),
+                            options: PredictOptions = PredictOptions()) -> BatchOut:
+        """Predict many CIF texts; each entry has a prediction or its own error."""
+        return await self._many([c.encode("utf-8", "surrogateescape") for c in cifs], options)
+
+    @bentoml.api(route="/predict_files")
+    async def predict_files(self, cifs: list[Path], options: PredictOptions = PredictOptions()) -> BatchOut:
+        """Predict several uploaded CIF files: ``curl -F cifs=@a.cif -F cifs=@b.cif``."""
+        return await self._many([p.read_bytes() for p in cifs], options)
+
+    @bentoml.api(route="/embed")
+    async def embed(self, cifs: list[str] = Field(description="CIF texts")) -> EmbedOut:
+        """64-d DIM embeddings of one or more CIF texts."""
+        return await self._embed([c.encode("utf-8", "surrogateescape") for c in cifs])
+
+    @bentoml.api(route="/embed_files")
+    async def embed_files(self, cifs: list[Path]) -> EmbedOut:
+        """64-d DIM embeddings of uploaded CIF files."""
+        return await self._embed([p.read_bytes() for p in cifs])
+
+    @bentoml.api(route="/info")
+    async def info(self) -> InfoOut:
+        """Models (names, sha256, versions), execution providers in use, units and request limits."""
+        info = await self.models.info()
+        info["limits"] = {"max_request_bytes": SETTINGS.max_request_bytes, "max_cif_bytes": SETTINGS.max_cif_bytes,
+                          "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites}
+        return InfoOut.model_validate(info)
+
+    def __is_ready__(self) -> bool:
+        return bool(self.predictor.models)
+
+    # --- the one inference path: prepare here (per item), infer there (batched) ----------------------
+    async def _run(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
+        prepared = await anyio.to_thread.run_sync(lambda: [self.predictor.prepare(s) for s in sources])
+        ready = [(k, p) for k, p in enumerate(prepared) if isinstance(p, Prepared)]
+        items = [InferItem(atomic_numbers=p.features.atomic_numbers, distance=p.features.distance,
+                           images=p.features.images, targets=targets, embedding=embedding) for _, p in ready]
+        outs = await self._infer(items) if items else []
+        results: list[Prediction | Rejection] = [p if isinstance(p, Prepared) else Rejection.from_error(k, p)
+                                                 for k, p in enumerate(prepared)]
+        for (k, p), out in zip(ready, outs):
+            out = InferOut.model_validate(out)
+            values = {**out.values, **({"embedding": out.embedding} if out.embedding is not None else {})}
+            results[k] = (self.predictor.prediction(k, p, values) if out.error is None else
+                          Rejection(k, "internal_error", out.error, http_status=500))
+        return results
+
+    async def _infer(self, items: list[InferItem]) -> list[Any]:
+        for attempt in range(3):  # the call is idempotent; see _keep_sessions for why connections drop
+            try:
+                return await self.models.infer(items)
+            except aiohttp.ClientConnectionError as err:
+                if attempt == 2:
+                    raise
+                logger.warning("model worker connection dropped (%s); retrying", err)
+        raise AssertionError("unreachable")
+
+    def _check(self, sources: list[bytes], targets: list[str], embedding: bool) -> Any:
+        if not sources:
+            return error_response(400, "empty_request", "no CIF given")
+        if len(sources) > SETTINGS.max_cifs:
+            return error_response(413, "too_many_cifs", f"{len(sources)} CIFs in one request, more than the limit "
+                                  f"of {SETTINGS.max_cifs}; split the request", {"n": len(sources), "max": SETTINGS.max_cifs})
+        try:
+            self.predictor.roles(targets, embedding)
+        except ValueError as err:
+            return error_response(400, "target_unavailable", str(err), {"available": list(self.predictor.targets)})
+        return None
+
+    async def _one(self, source: bytes, options: PredictOptions) -> Any:
+        refusal = self._check([source], list(options.targets), options.return_embedding)
+        if refusal is not None:
+            return refusal
+        (result,) = await self._run([source], list(options.targets), options.return_embedding)
+        return rejection_response(result) if isinstance(result, Rejection) else PredictionOut(**_fields(result))
+
+    async def _many(self, sources: list[bytes], options: PredictOptions) -> Any:
+        refusal = self._check(sources, list(options.targets), options.return_embedding)
+        if refusal is not None:
+            return refusal
+        results = await self._run(sources, list(options.targets), options.return_embedding)
+        entries = [BatchItemOut(index=r.index, error=rejection_out(r) if isinstance(r, Rejection) else None,
+                                prediction=PredictionOut(**_fields(r)) if isinstance(r, Prediction) else None)
+                   for r in results]
+        n_ok = sum(e.prediction is not None for e in entries)
+        return BatchOut(results=entries, n_ok=n_ok, n_failed=len(entries) - n_ok)
+
+    async def _embed(self, sources: list[bytes]) -> Any:
+        refusal = self._check(sources, [], True)
+        if refusal is not None:
+            return refusal
+        results = await self._run(sources, [], True)
+        entries = [EmbeddingItemOut(index=r.index, error=rejection_out(r)) if isinstance(r, Rejection) else
+                   EmbeddingItemOut(index=r.index, formula=r.formula, n_sites=r.n_sites, embedding=r.embedding)
+                   for r in results]
+        encoder = self.predictor.models["encoder"]
+        return EmbedOut(results=entries, model=f"{encoder.name}@{encoder.version}")
+
+
+def _keep_sessions(proxy: Any) -> None:
+    """bentoml 1.4.40 replaces its client session to a dependency every 100 requests and closes the old one
+    with requests still in flight on it, which then fail with ServerDisconnectedError (a 500 under load).
+    Renew by age only (every 300 s); the retry in ``_infer`` covers that renewal."""
+    manager = getattr(getattr(proxy, "to_async", None), "_session_manager", None)
+    if manager is not None and hasattr(manager, "max_requests"):
+        manager.max_requests = 2**62
+
+
+def _fields(prediction: Prediction) -> dict[str, Any]:
+    return {k: v for k, v in prediction.to_dict().items() if k != "index"}
+
+
+SiteNetService.add_asgi_middleware(RequestGuard, max_request_bytes=SETTINGS.max_request_bytes, routes=ROUTES)

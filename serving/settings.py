@@ -1,0 +1,71 @@
+"""Service settings, read once from the environment (plain pydantic; every field is used by the service).
+
+    SITENET_ENCODER / SITENET_BAND_GAP_MODEL / SITENET_FORMATION_ENERGY_MODEL
+        zoo name, model folder or Hub repo id of each model ("" or "none" leaves a model out)
+    SITENET_REVISION              Hub revision (branch, tag, commit) for Hub repo ids
+    SITENET_PROVIDERS             auto | cpu | cuda  (cuda fails at startup if CUDA is unusable)
+    SITENET_ORT_THREADS           ONNX Runtime threads per session in the model worker
+    SITENET_MAX_REQUEST_BYTES     largest request body (all uploads together), else 413
+    SITENET_MAX_CIF_BYTES         largest single CIF, else 413 (per item in batches)
+    SITENET_MAX_CIFS              most CIFs in one request, else 413
+    SITENET_MAX_SITES             most sites in one input cell, else 413 (per item in batches)
+    SITENET_MAX_BATCH_SIZE        adaptive batching: most crystals per ONNX batch
+    SITENET_MAX_LATENCY_MS        adaptive batching: latency budget before the batcher sheds load (503)
+    SITENET_WORKERS               HTTP worker processes (parsing and featurisation)
+    SITENET_TIMEOUT_S             request timeout
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sitenet.predict import DEFAULT_MODELS
+from sitenet.structure import DEFAULT_MAX_BYTES, DEFAULT_MAX_SITES
+
+_PREFIX = "SITENET_"
+
+
+class ServiceSettings(BaseModel):
+    """Settings of the SiteNet prediction service; field ``x`` is read from ``SITENET_X``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    encoder: str = Field(DEFAULT_MODELS["encoder"], description="DIM encoder (embeddings)")
+    band_gap_model: str = Field(DEFAULT_MODELS["band_gap"], description="band-gap regressor")
+    formation_energy_model: str = Field(DEFAULT_MODELS["formation_energy"], description="formation-energy regressor")
+    revision: str | None = Field(None, description="Hub revision for Hub repo ids")
+    providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
+    ort_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per session")
+    max_request_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body, bytes")
+    max_cif_bytes: int = Field(DEFAULT_MAX_BYTES, ge=64, description="largest CIF, bytes")
+    max_cifs: int = Field(64, ge=1, le=10_000, description="most CIFs per request")
+    max_sites: int = Field(DEFAULT_MAX_SITES, ge=1, le=10_000, description="most sites per input cell")
+    max_batch_size: int = Field(64, ge=2, le=4096, description="most crystals per adaptive batch")
+    max_latency_ms: int = Field(10_000, ge=10, description="adaptive-batching latency budget, ms")
+    workers: int = Field(1, ge=1, le=64, description="HTTP worker processes")
+    timeout_s: int = Field(60, ge=1, description="request timeout, s")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
+        """Settings from ``SITENET_*`` variables; unset variables keep their defaults.
+
+        Raises:
+            pydantic.ValidationError: a variable has an invalid value (named in the message).
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = environ.get(_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = None if raw.strip().lower() in ("", "none") and name == "revision" else raw.strip()
+        return cls.model_validate(values)
+
+    def model_names(self) -> dict[str, str | None]:
+        """Model of each role for ``Predictor.from_pretrained`` ("" / "none": role left out)."""
+        names = {"encoder": self.encoder, "band_gap": self.band_gap_model,
+                 "formation_energy": self.formation_energy_model}
+        return {role: None if name.strip().lower() in ("", "none") else name for role, name in names.items()}

@@ -1,0 +1,51 @@
+"""Fixtures of the service tests: the tiny zoo as the bundled models, and one in-process client of the
+service (``TestClient(SiteNetService.to_asgi())``, no server) shared by the contract and corpus tests.
+
+The service reads its settings when ``serving.service`` is imported, so the environment is set first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tiny_zoo import tiny_zoo  # noqa: F401 (fixture)
+
+#: Limits the tests rely on (small enough to hit cheaply).
+TEST_ENV = {"SITENET_MAX_REQUEST_BYTES": "3000000", "SITENET_MAX_CIFS": "16", "SITENET_PROVIDERS": "auto",
+            "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="session")
+def service_env(tiny_zoo: Path) -> dict[str, str]:
+    """Environment for a service on the tiny zoo (used in-process and for the `bentoml serve` subprocess)."""
+    return {**TEST_ENV, "SITENET_ZOO_DIR": str(tiny_zoo)}
+
+
+@pytest.fixture(scope="session")
+def client(service_env: dict[str, str]) -> Iterator[object]:
+    import warnings
+
+    from starlette.testclient import TestClient
+
+    saved = {k: os.environ.get(k) for k in service_env}
+    os.environ.update(service_env)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = importlib.import_module("serving.service")
+            if module.SETTINGS.max_cifs != 16:  # imported earlier with other settings: re-read them
+                for name in ("serving.settings", "serving.inference", "serving.service"):
+                    module = importlib.reload(importlib.import_module(name))
+            with TestClient(module.SiteNetService.to_asgi()) as test_client:
+                yield test_client
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

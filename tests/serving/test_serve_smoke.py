@@ -1,0 +1,75 @@
+"""A real ``bentoml serve`` from the repository root (offline): ready, predicts a real CIF over HTTP, shuts down.
+
+``/readyz`` hangs while the models load (stack notes §1, pitfall 4), so every poll has its own short timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NACL = REPO / "examples" / "NaCl_mp-22862.cif"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {server.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+@pytest.mark.slow
+def test_bentoml_serve_predicts_a_real_cif(service_env: dict[str, str], tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("w")
+    env = {**os.environ, **service_env, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(url, server)
+        with httpx.Client(base_url=url, timeout=30.0) as http:
+            r = http.post("/predict", files={"cif": (NACL.name, NACL.read_bytes())})
+            assert r.status_code == 200, r.text
+            assert r.json()["formula"] == "NaCl" and r.json()["formation_energy"] is not None
+            r = http.post("/predict_batch", json={"cifs": [NACL.read_text(), "junk\n"],
+                                                  "options": {"return_embedding": True}})
+            assert r.status_code == 200
+            ok, bad = r.json()["results"]
+            assert len(ok["prediction"]["embedding"]) == 64 and bad["error"]["code"] == "cif_parse_error"
+            bad_cif = http.post("/predict", files={"cif": ("x.cif", b"data_x\n")})
+            assert bad_cif.status_code == 422 and bad_cif.json()["code"] == "cif_parse_error"
+            info = http.post("/info").json()
+            assert all(m["providers"] == ["CPUExecutionProvider"] for m in info["models"].values())
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in text, text[-3000:]

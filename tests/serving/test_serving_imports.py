@@ -1,0 +1,50 @@
+"""The service and the inference core import without torch (the serving install has none), and the settings
+come from SITENET_* variables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_serving_imports_without_torch() -> None:
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import serving.service, serving.inference, serving.schemas, serving.settings, serving.errors\n"
+            "import sitenet.predict, sitenet.runtime, sitenet.cif_fast\n"
+            "assert sys.modules['torch'] is None\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "BENTOML_DO_NOT_TRACK": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_settings_from_environment() -> None:
+    from pydantic import ValidationError
+
+    from serving.settings import ServiceSettings
+
+    s = ServiceSettings.from_env({"SITENET_ENCODER": "acme/enc", "SITENET_BAND_GAP_MODEL": "/models/gap",
+                                  "SITENET_FORMATION_ENERGY_MODEL": "none", "SITENET_REVISION": "v1",
+                                  "SITENET_PROVIDERS": "cpu", "SITENET_MAX_CIFS": "5", "SITENET_MAX_SITES": "100"})
+    assert s.model_names() == {"encoder": "acme/enc", "band_gap": "/models/gap", "formation_energy": None}
+    assert (s.revision, s.providers, s.max_cifs, s.max_sites) == ("v1", "cpu", 5, 100)
+    assert ServiceSettings.from_env({}).model_names()["encoder"] == "sitenet-dim-mp2018"
+    with pytest.raises(ValidationError, match="providers"):
+        ServiceSettings.from_env({"SITENET_PROVIDERS": "gpu"})
+    with pytest.raises(ValidationError, match="max_cifs"):
+        ServiceSettings.from_env({"SITENET_MAX_CIFS": "0"})
+
+
+def test_every_setting_is_used() -> None:
+    """Each field of ServiceSettings is read by the service (no silently ignored variable)."""
+    from pathlib import Path
+
+    import serving.settings
+
+    folder = Path(serving.settings.__file__).parent
+    source = (folder / "service.py").read_text() + (folder / "inference.py").read_text()
+    for name in serving.settings.ServiceSettings.model_fields:
+        used = f"SETTINGS.{name}" in source or (name.endswith("model") or name == "encoder") and "model_names()" in source
+        assert used, name
