@@ -19,7 +19,9 @@ from huggingface_hub import PyTorchModelHubMixin
 
 from sitenet.config import RegressorConfig, SiteNetConfig
 
-_HUB_TAGS = ["materials-science", "crystal", "site-net", "deep-infomax", "onnx"]
+#: Card metadata that huggingface_hub's mixin writes for both model classes.
+_HUB = dict(library_name="sitenet", tags=["materials-science", "crystal", "site-net", "deep-infomax", "onnx"],
+            license="mit")
 
 
 def mlp(widths: list[int], *, plain_last: bool = False) -> nn.Sequential:
@@ -99,10 +101,7 @@ class EncoderOutput(NamedTuple):
 class SiteNetEncoder(
     nn.Module,
     PyTorchModelHubMixin,
-    library_name="sitenet",
-    tags=_HUB_TAGS,
-    license="mit",
-    repo_url="https://github.com/sitenet-dim/sitenet-dim",
+    **_HUB,
     coders={SiteNetConfig: (lambda c: c.model_dump(mode="json"), lambda d: SiteNetConfig.model_validate(d))},
 ):
     """Site-Net encoder: crystal inputs -> per-site local vectors (B,P,L) and a crystal embedding (B,E).
@@ -176,10 +175,7 @@ class PropertyHead(nn.Module):
 class SiteNetRegressor(
     nn.Module,
     PyTorchModelHubMixin,
-    library_name="sitenet",
-    tags=_HUB_TAGS,
-    license="mit",
-    repo_url="https://github.com/sitenet-dim/sitenet-dim",
+    **_HUB,
     coders={RegressorConfig: (lambda c: c.model_dump(mode="json"), lambda d: RegressorConfig.model_validate(d))},
 ):
     """Encoder plus one property head. Outputs (by name, see ``RegressorConfig.outputs``):
