@@ -1,0 +1,167 @@
+"""Run configurations (pydantic, frozen, unknown keys rejected) and ``load_recipe`` for the YAML recipes.
+
+``PretrainConfig`` (DIM pretraining), ``FinetuneConfig`` (a property head on an encoder) and ``StudyConfig``
+(the label-masking study). Defaults run on 2 CPU cores; recipes in ``training/recipes/`` scale them up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sitenet.config import SiteNetConfig, Target
+
+Negatives = Literal["standard", "domain-aware"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """Which crystals, how they are split and batched."""
+
+    path: str | None = Field(None, description="CSV(.gz) of the data set; None: sitenet.dataset.default_data_path()")
+    cache_root: str = Field("cache/features", description="feature cache root (sitenet.cache)")
+    test_ids: str | None = Field(None, description="held-out id list; None: the committed data/splits/mp2018-test.txt")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="share of the training rows held for validation")
+    max_primitive: int | None = Field(50, ge=1, description="train only on crystals with P <= this (method's -u 50)")
+    limit: int | None = Field(None, ge=2, description="use at most this many training rows (seeded subset)")
+    batch_size: int = Field(64, ge=1, description="most crystals per batch")
+    max_pairs: int = Field(150_000, ge=1, description="budget on padded B*P_max*N_max per batch (memory)")
+    seed: int = 0
+    workers: int = Field(2, ge=1, description="featurisation processes for crystals missing from the cache")
+
+
+class TrainerConfig(_Frozen):
+    """Lightning Trainer settings; DDP is a matter of accelerator/devices/strategy/num_nodes."""
+
+    max_epochs: int = Field(3, ge=1)
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str = "32-true"
+    log_every_n_steps: int = Field(20, ge=1)
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    fast_dev_run: bool = False
+    progress_bar: bool = True
+    threads: int | None = Field(2, ge=1, description="torch intra-op threads (None: torch's default)")
+
+
+class PretrainConfig(_Frozen):
+    """Deep InfoMax pretraining of a Site-Net encoder (method.md C, D.2; pitfalls F.10-F.14 fixed)."""
+
+    encoder: SiteNetConfig = SiteNetConfig()
+    data: DataConfig = DataConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    negatives: Negatives = Field("domain-aware", description="'standard': other crystals only; 'domain-aware': "
+                                 "plus the engineered corruptions of method.md C.3/C.4")
+    local_weight: float = Field(1.0, ge=0)
+    global_weight: float = Field(1.0, ge=0)
+    kl_weight: float = Field(0.1, ge=0, description="weight of the standard-form KL, both levels")
+    critic_dim: int = Field(128, ge=1, description="dot-product space of both critics")
+    critic_hidden: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, description="AdamW lr (method: 1e-4 for long GPU runs; 1e-3 for CPU budgets)")
+    weight_decay: float = Field(1e-4, ge=0)
+    select: Literal["val_loss", "last"] = Field("val_loss", description="checkpoint kept: lowest validation DIM "
+                                               "loss, or the last epoch; never chosen by labels")
+    output: str = "runs/dim-mp2018"
+    resume: bool = Field(True, description="resume from <output>/checkpoints/last.ckpt if it exists")
+    seed: int = 0
+
+
+class FinetuneConfig(_Frozen):
+    """A property head trained on an encoder (method.md D.5)."""
+
+    target: Target = "band_gap"
+    init: str = Field("random", description="'random', a DIM model folder (pretrain output) or a zoo name")
+    encoder: SiteNetConfig = Field(SiteNetConfig(), description="used only with init='random'")
+    mode: Literal["full", "frozen"] = "full"
+    head_hidden: tuple[int, ...] = (64,)
+    metal_classifier: bool = True
+    data: DataConfig = DataConfig()
+    trainer: TrainerConfig = TrainerConfig(max_epochs=20)
+    n_labels: int | None = Field(None, ge=2, description="train on a seeded subset of this many labelled rows")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(5, ge=1, description="early stopping on val/mae, in epochs")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over max_epochs: "
+                                                    "constant, or cosine decay to zero (longer runs)")
+    output: str = "runs/finetune"
+    seed: int = 0
+
+
+class StudyConfig(_Frozen):
+    """The label-masking study (method.md D.3-D.5)."""
+
+    data: DataConfig = DataConfig(max_primitive=None)
+    targets: tuple[Target, ...] = ("band_gap", "formation_energy")
+    budgets: tuple[int, ...] = (50, 100, 250, 500, 1000)
+    seeds_small: int = Field(5, ge=1, description="seeds for N <= 250")
+    seeds_large: int = Field(3, ge=1, description="seeds for N > 250")
+    pretrain: PretrainConfig = PretrainConfig(trainer=TrainerConfig(max_epochs=2))
+    encoder_dim: str | None = Field(None, description="domain-aware DIM encoder folder; None: pretrain one")
+    encoder_standard: str | None = Field(None, description="standard-DIM encoder folder; None: pretrain one")
+    matched_ablation: bool = Field(False, description="with encoder_dim given, also pretrain a domain-aware "
+                                   "encoder with exactly the standard one's settings ('dim-matched')")
+    mlp_max_iter: int = Field(2000, ge=10, description="MLPRegressor iterations")
+    finetune: FinetuneConfig = FinetuneConfig(trainer=TrainerConfig(max_epochs=30, progress_bar=False), patience=8)
+    transfer: bool = Field(True, description="run the fine-tuning comparison (the expensive part)")
+    transfer_budgets: tuple[int, ...] | None = Field(None, description="budgets for transfer; None: all")
+    transfer_seeds: int | None = Field(None, ge=1, description="cap on transfer seeds per budget")
+    test_limit: int | None = Field(None, ge=1, description="score on at most this many test rows (seeded)")
+    output: str = "benchmarks/results/label_masking"
+    work: str = Field("runs/study", description="folder for the study's encoders and fine-tunes")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudyConfig":
+        if not self.budgets or min(self.budgets) < 2:
+            raise ValueError(f"budgets must be >= 2, got {self.budgets}")
+        return self
+
+    def seeds(self, n: int) -> int:
+        """How many seeds budget ``n`` gets."""
+        return self.seeds_small if n <= 250 else self.seeds_large
+
+
+ConfigT = TypeVar("ConfigT", PretrainConfig, FinetuneConfig, StudyConfig)
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+        tree = node
+    tree[keys[-1]] = value
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
+                kind: type[ConfigT]) -> ConfigT:
+    """Read a YAML recipe, apply ``key=value`` overrides (dotted keys for sections), validate.
+
+    Args:
+        path: YAML file, or None for the config's defaults.
+        overrides: e.g. ``["trainer.max_epochs=3", "negatives=standard"]``; values are parsed as YAML.
+        kind: the config class.
+
+    Raises:
+        ValueError: a malformed override; pydantic.ValidationError: an unknown key or a wrong type.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path}: a recipe must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    return kind.model_validate(tree)

@@ -1,0 +1,239 @@
+"""Crystal data for training: the feature cache, seeded cluster-aware splits and size-bucketed batches.
+
+The held-out test rows are the committed ``data/splits/mp2018-test.txt`` (near-duplicate clusters are never
+split across it); validation is carved from the remaining rows by whole clusters, seeded. The ``P <= limit``
+filter (method's ``-u 50``) applies to training and validation rows only and is applied *before* a label
+budget is drawn, so "N labels" always means N (pitfall F.5).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sitenet.batch import bucket_batches, collate
+from sitenet.cache import FeatureStore, build_features
+from sitenet.dataset import CLUSTERS_NAME, CrystalDataset, default_data_path, held_out_ids, read_clusters, read_dataset
+from sitenet.model import to_tensors
+from training.configs import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A data set with its features.
+
+    Attributes:
+        dataset: the table (M rows).
+        store: the feature cache.
+        store_row: (M,) row of each crystal in ``store``, -1 where featurisation rejected it.
+        test: (M,) bool, held-out rows.
+        groups: (M,) near-duplicate cluster label of each row (the row's own id when it has no cluster).
+    """
+
+    dataset: CrystalDataset
+    store: FeatureStore
+    store_row: np.ndarray
+    test: np.ndarray
+    groups: np.ndarray
+
+    def sizes(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 2) P and N of dataset rows."""
+        return self.store.sizes[self.store_row[rows], :2]
+
+    def labels(self, target: str) -> np.ndarray:
+        """(M,) float64 labels of ``target``; NaN where missing or where the sources disagree."""
+        y = self.dataset.targets[target].astype(np.float64).copy()
+        agree = self.dataset.extra.get("labels_agree")
+        if agree is not None:
+            y[~np.asarray(agree, dtype=bool)] = np.nan
+        return y
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+    """Read the table, featurise what the cache lacks (resumable), and mark the held-out rows."""
+    path = Path(cfg.path) if cfg.path else default_data_path()
+    dataset = read_dataset(path)
+    store = build_features(dataset.ids, dataset.cifs, cfg.cache_root, workers=cfg.workers, progress=False)
+    present = store.has(dataset.ids)
+    store_row = np.full(len(dataset), -1, dtype=np.int64)
+    store_row[present] = store.rows(dataset.ids[present])
+    if (~present).any():
+        log.warning("%d of %d crystals were rejected by the featuriser (see %s)", int((~present).sum()),
+                    len(dataset), store.folder / "rejected.csv")
+    test_ids = held_out_ids(cfg.test_ids) if cfg.test_ids else held_out_ids()
+    test = np.isin(dataset.ids, list(test_ids))
+    clusters_path = path.parent / CLUSTERS_NAME
+    clusters = read_clusters(clusters_path) if clusters_path.exists() else {}
+    groups = np.array([f"c{clusters[i]}" if i in clusters else f"s{i}" for i in dataset.ids])
+    return Corpus(dataset=dataset, store=store, store_row=store_row, test=test, groups=groups)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Dataset row indices of each split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def make_splits(corpus: Corpus, cfg: DataConfig, *, target: str | None = None, n_labels: int | None = None,
+                seed: int | None = None) -> Splits:
+    """Seeded train / validation / test rows.
+
+    Args:
+        corpus: the data.
+        cfg: split settings (``val_fraction``, ``max_primitive``, ``limit``, ``seed``).
+        target: if given, only rows with an agreed label of this target are used (test: the scored rows).
+        n_labels: draw this many labelled training rows first; validation is carved from them.
+        seed: overrides ``cfg.seed``.
+
+    Raises:
+        ValueError: fewer candidate rows than ``n_labels``, or too few rows to split.
+    """
+    seed = cfg.seed if seed is None else seed
+    rng = np.random.default_rng(seed)
+    ok = corpus.store_row >= 0
+    if target is not None:
+        ok &= np.isfinite(corpus.labels(target))
+    test = np.flatnonzero(ok & corpus.test)
+    pool = ok & ~corpus.test
+    if cfg.max_primitive is not None:
+        pool &= np.where(corpus.store_row >= 0, corpus.store.sizes[np.maximum(corpus.store_row, 0), 0], 0) <= cfg.max_primitive
+    pool_rows = np.flatnonzero(pool)
+    budget = n_labels if n_labels is not None else cfg.limit
+    if budget is not None:
+        if budget > len(pool_rows):
+            raise ValueError(f"{budget} rows requested but only {len(pool_rows)} are available")
+        pool_rows = np.sort(rng.choice(pool_rows, size=budget, replace=False))
+    train, val = _carve(pool_rows, corpus.groups[pool_rows], cfg.val_fraction, rng)
+    return Splits(train=train, val=val, test=test)
+
+
+def _carve(rows: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator):
+    """Split rows into (train, val) by whole groups so that val holds about ``fraction`` of them (>= 1)."""
+    if len(rows) < 2:
+        raise ValueError(f"need at least 2 rows to carve a validation split, got {len(rows)}")
+    unique, inverse = np.unique(groups, return_inverse=True)
+    counts = np.bincount(inverse)
+    wanted = max(1, round(fraction * len(rows)))
+    chosen = np.zeros(len(unique), dtype=bool)
+    taken = 0
+    for g in rng.permutation(len(unique)):
+        if taken >= wanted:
+            break
+        if taken + counts[g] >= len(rows):
+            continue  # never leave training empty
+        chosen[g] = True
+        taken += counts[g]
+    is_val = chosen[inverse]
+    return rows[~is_val], rows[is_val]
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar-size crystals under a padded-pair budget; reshuffled per epoch from (seed, epoch),
+    so a resumed run sees the same order. Under DDP each rank takes every world-th batch of one shared list."""
+
+    def __init__(self, sizes: np.ndarray, *, batch_size: int, max_pairs: int, shuffle: bool, seed: int):
+        self.sizes, self.batch_size, self.max_pairs = sizes, batch_size, max_pairs
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        batches = bucket_batches(self.sizes, batch_size=self.batch_size, max_pairs=self.max_pairs,
+                                 shuffle=self.shuffle, seed=self.seed + self.epoch)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+            # equal batch counts on every rank, or the collective ops of DDP hang
+            batches = batches[: max(world, len(batches) // world * world)][rank::world]
+        return batches
+
+    def __iter__(self):
+        for b in self._batches():
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class _Rows(Dataset):
+    """Position k of a split -> dataset row; the collate function does the real work."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> int:
+        return int(self.rows[k])
+
+
+class Collate:
+    """Dataset rows -> model input tensors plus ``target`` (B,) (NaN if none) and ``row`` (B,)."""
+
+    def __init__(self, corpus: Corpus, target: str | None):
+        self.corpus = corpus
+        self.labels = corpus.labels(target) if target else None
+
+    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        rows_arr = np.asarray(rows, dtype=np.int64)
+        store = self.corpus.store
+        batch = collate([store[int(r)] for r in self.corpus.store_row[rows_arr]], store.spec)
+        out = to_tensors(batch)
+        y = self.labels[rows_arr] if self.labels is not None else np.full(len(rows_arr), np.nan)
+        out["target"] = torch.as_tensor(y, dtype=torch.float32)  # (B,)
+        out["row"] = torch.as_tensor(rows_arr)  # (B,)
+        return out
+
+
+def loader(corpus: Corpus, rows: np.ndarray, cfg: DataConfig, *, target: str | None = None, shuffle: bool = False,
+           seed: int = 0) -> DataLoader:
+    """A DataLoader over dataset ``rows`` with size-bucketed batches (no worker processes: 2-core budget)."""
+    sampler = BucketBatchSampler(corpus.sizes(rows), batch_size=cfg.batch_size, max_pairs=cfg.max_pairs,
+                                 shuffle=shuffle, seed=seed)
+    # the sampler yields positions within ``rows``; _Rows maps them to dataset rows for Collate
+    return DataLoader(_Rows(rows), batch_sampler=sampler, collate_fn=Collate(corpus, target))
+
+
+class CrystalDataModule(L.LightningDataModule):
+    """Train / validation / test loaders over a :class:`Corpus` (loaded in ``setup`` unless given)."""
+
+    def __init__(self, cfg: DataConfig, *, target: str | None = None, n_labels: int | None = None,
+                 corpus: Corpus | None = None):
+        super().__init__()
+        self.cfg, self.target, self.n_labels = cfg, target, n_labels
+        self.corpus = corpus
+        self.splits: Splits | None = None
+
+    def prepare_data(self) -> None:
+        if self.corpus is None:  # featurise on one process; under DDP the other ranks read the cache in setup()
+            self.corpus = load_corpus(self.cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is None:
+            self.corpus = load_corpus(self.cfg)
+        if self.splits is None:
+            self.splits = make_splits(self.corpus, self.cfg, target=self.target, n_labels=self.n_labels)
+            log.info("splits: %d train, %d val, %d test", len(self.splits.train), len(self.splits.val),
+                     len(self.splits.test))
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(self.corpus, self.splits.train, self.cfg, target=self.target, shuffle=True, seed=self.cfg.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return loader(self.corpus, self.splits.val, self.cfg, target=self.target)
+
+    def test_dataloader(self) -> DataLoader:
+        return loader(self.corpus, self.splits.test, self.cfg, target=self.target)

@@ -1,0 +1,157 @@
+"""Fine-tuning: a property head on an encoder (DIM model folder, zoo name or random init), full or frozen.
+
+Band gap: a metal classifier (BCE on gap == 0) plus an L1 gap regression on the non-metals; the served
+output is never negative (method.md D.5, sitenet.model.SiteNetRegressor). Formation energy: L1.
+Targets are standardised with the training labels' mean and std while training; at the end the scaling is
+folded into the head's last Linear layer, so the saved model predicts eV or eV/atom directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from sitenet.config import RegressorConfig
+from sitenet.model import SiteNetEncoder, SiteNetRegressor, nonnegative
+from training.configs import FinetuneConfig
+from training.data import Corpus, CrystalDataModule
+from training.pretrain import INPUTS, make_trainer
+
+log = logging.getLogger(__name__)
+
+
+def load_encoder(init: str, config=None) -> SiteNetEncoder:
+    """'random' (needs ``config``), a model folder (``save_pretrained`` output) or a zoo name / Hub id."""
+    if init == "random":
+        return SiteNetEncoder(config)
+    if Path(init).is_dir():
+        return SiteNetEncoder.from_pretrained(init)
+    from sitenet.hub import resolve
+
+    return SiteNetEncoder.from_pretrained(resolve(init))
+
+
+class FinetuneModule(L.LightningModule):
+    """Trains a :class:`SiteNetRegressor` against standardised targets (mean, std of the training labels)."""
+
+    def __init__(self, model: SiteNetRegressor, *, lr: float, weight_decay: float, mean: float, std: float,
+                 schedule: str = "constant", config: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.target = model.config.target
+        self.classifier = self.target == "band_gap" and model.config.metal_classifier
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, served prediction (B,) in eV or eV/atom)."""
+        raw, _ = self.model.raw(**{k: batch[k] for k in INPUTS})  # (B,K)
+        y = batch["target"]  # (B,)
+        mean, std = self.hparams.mean, self.hparams.std
+        value = raw[:, 0] * std + mean  # (B,) in target units
+        if self.target == "band_gap":
+            value = nonnegative(value)
+        if not self.classifier:
+            return (value - y).abs().mean() / std, value
+        metal = y <= 0.0  # (B,)
+        loss = F.binary_cross_entropy_with_logits(raw[:, 1], metal.to(raw.dtype))
+        if (~metal).any():  # gap regression on the non-metals only
+            loss = loss + (value[~metal] - y[~metal]).abs().mean() / std
+        served = value * (torch.sigmoid(raw[:, 1]) < 0.5).to(value.dtype)  # as SiteNetRegressor.forward
+        return loss, served
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        loss, pred = self._losses(batch)
+        b = len(pred)
+        mae = (pred.detach() - batch["target"]).abs().mean()
+        self.log(f"{stage}/loss", loss, batch_size=b, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/mae_{self.target}", mae, batch_size=b, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/mae", mae, batch_size=b, prog_bar=stage == "val", on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                      amsgrad=True, eps=1e-7)
+        if self.hparams.schedule == "constant":
+            return optimizer
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+
+
+class BestWeights(Callback):
+    """Keeps an in-memory copy of the weights with the lowest ``monitor`` (no checkpoint files)."""
+
+    def __init__(self, monitor: str = "val/mae"):
+        self.monitor, self.best, self.state, self.epoch = monitor, float("inf"), None, -1
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not trainer.sanity_checking and float(value) < self.best:
+            self.best, self.epoch = float(value), trainer.current_epoch
+            self.state = copy.deepcopy(module.state_dict())
+
+
+def fold_standardisation(model: SiteNetRegressor, mean: float, std: float) -> None:
+    """Make column 0 of the head output the target in its units: w0 <- std w0, b0 <- std b0 + mean."""
+    last = model.head.net[-1]  # the head's final Linear (B,K)
+    with torch.no_grad():
+        last.weight[0].mul_(std)
+        last.bias[0].mul_(std).add_(mean)
+
+
+def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool = True) -> Path:
+    """Train a head (and the encoder, in ``full`` mode) on the training labels, early-stopped on validation MAE.
+
+    Args:
+        cfg: the run.
+        corpus: an already loaded corpus (the study reuses one); None loads ``cfg.data``.
+        loggers: write CSV/TensorBoard logs under ``cfg.output``.
+
+    Returns:
+        The model folder ``cfg.output`` (SiteNetRegressor ``save_pretrained`` + ``training.json``).
+    """
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    data = CrystalDataModule(cfg.data, target=cfg.target, n_labels=cfg.n_labels, corpus=corpus)
+    data.prepare_data()
+    data.setup()
+    encoder = load_encoder(cfg.init, cfg.encoder)
+    reg = RegressorConfig(encoder=encoder.config, target=cfg.target, head_hidden=cfg.head_hidden,
+                          metal_classifier=cfg.metal_classifier)
+    model = SiteNetRegressor.from_encoder(encoder, reg)
+    if cfg.mode == "frozen":
+        model.encoder.requires_grad_(False)
+    y = data.corpus.labels(cfg.target)[data.splits.train]
+    scale_rows = y[y > 0] if cfg.target == "band_gap" and cfg.metal_classifier and (y > 0).any() else y
+    mean, std = float(scale_rows.mean()), float(max(scale_rows.std(), 1e-3))
+    module = FinetuneModule(model, lr=cfg.lr, weight_decay=cfg.weight_decay, mean=mean, std=std, schedule=cfg.schedule,
+                            config=cfg.model_dump(mode="json"))
+    best = BestWeights("val/mae")
+    stop = EarlyStopping("val/mae", patience=cfg.patience, mode="min")
+    trainer = make_trainer(cfg.trainer, output, [best, stop], with_loggers=loggers, checkpointing=False)
+    trainer.fit(module, datamodule=data)
+    if best.state is not None:
+        module.load_state_dict(best.state, strict=True)
+    fold_standardisation(model, mean, std)
+    if trainer.is_global_zero:
+        model.save_pretrained(output)
+        (output / "training.json").write_text(json.dumps({
+            "config": cfg.model_dump(mode="json"), "standardisation": {"mean": mean, "std": std},
+            "best_epoch": best.epoch, "best_val_mae": best.best, "epochs_run": trainer.current_epoch,
+            "splits": {k: int(len(getattr(data.splits, k))) for k in ("train", "val", "test")}}, indent=2))
+    return output

@@ -1,0 +1,223 @@
+"""The label-masking study (method.md D.3-D.5): how much do N labels buy with and without DIM pretraining?
+
+For N in the budgets, each target and several seeds, the same N labelled training rows are used by:
+  representation learning: frozen 64-d embeddings (DIM domain-aware, DIM standard, random init) and a
+      composition-only baseline (element-property statistics of the formula), each through the SAME
+      StandardScaler, then LinearRegression / MLPRegressor(64) / RandomForest (pitfall F.16);
+  transfer learning: full fine-tuning from DIM vs from random init (early-stopped on a validation carve).
+Scores are on the held-out scored rows. Outputs: ``<output>.json`` (every run, rewritten as runs finish),
+``<output>.md`` (mean ± std MAE per N / target / method) and ``<output>.png`` (MAE vs N, log x).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sitenet.config import UNITS
+from sitenet.elements import raw_table
+from sitenet.model import SiteNetEncoder, SiteNetRegressor
+from training.configs import StudyConfig
+from training.data import Corpus, load_corpus, loader, make_splits
+from training.evaluate import metrics, predict
+from training.finetune import finetune, load_encoder
+from training.pretrain import INPUTS, pretrain
+
+log = logging.getLogger(__name__)
+REGRESSORS = ("linear", "mlp", "rf")
+
+
+# ------------------------------------------------------------------------------------------------ features
+def composition_features(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
+    """Element-property statistics of each crystal's composition: fraction-weighted mean, std, min, max of
+    the raw element table (sitenet/elements.py) over the primitive cell's atoms. (len(rows), 4F)."""
+    table = raw_table()  # (Z+1,F)
+    out = np.zeros((len(rows), 4 * table.shape[1]))
+    for k, r in enumerate(rows):
+        props = table[corpus.store[int(corpus.store_row[r])].atomic_numbers]  # (P,F)
+        mean = props.mean(0)
+        out[k] = np.concatenate([mean, np.sqrt(((props - mean) ** 2).mean(0)), props.min(0), props.max(0)])
+    return out
+
+
+@torch.no_grad()
+def embed(encoder: SiteNetEncoder, corpus: Corpus, rows: np.ndarray, cfg) -> np.ndarray:
+    """Frozen crystal embeddings g (no noise), (len(rows), E), in the order of ``rows``."""
+    encoder.eval()
+    out = np.zeros((len(rows), encoder.config.embedding_dim))
+    position = {int(r): k for k, r in enumerate(rows)}
+    for batch in loader(corpus, rows, cfg):
+        g = encoder(**{k: batch[k] for k in INPUTS}).embedding  # (B,E)
+        out[[position[int(r)] for r in batch["row"]]] = g.numpy()
+    return out
+
+
+def fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int, *,
+                mlp_max_iter: int = 2000) -> np.ndarray:
+    """One scikit-learn regressor behind the same StandardScaler for every feature set."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LinearRegression
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = {"linear": LinearRegression(),
+             "mlp": MLPRegressor(hidden_layer_sizes=(64,), max_iter=mlp_max_iter, random_state=seed),
+             "rf": RandomForestRegressor(n_estimators=100, random_state=seed, n_jobs=1)}[kind]
+    pipe = make_pipeline(StandardScaler(), model)
+    with warnings.catch_warnings():  # the MLP's iteration cap is a deliberate budget, not an error
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe.fit(x_train, y_train)
+    return pipe.predict(x_test)
+
+
+# ------------------------------------------------------------------------------------------------ the study
+def _encoders(cfg: StudyConfig) -> dict[str, str]:
+    """Folders of the two DIM encoders, pretraining those that were not given."""
+    data = cfg.pretrain.data.model_copy(update={"path": cfg.data.path, "cache_root": cfg.data.cache_root,
+                                                "test_ids": cfg.data.test_ids})
+    folders = {}
+    for name, given, negatives in (("dim", cfg.encoder_dim, "domain-aware"),
+                                   ("dim-standard", cfg.encoder_standard, "standard")):
+        if given:
+            folders[name] = given
+            continue
+        pcfg = cfg.pretrain.model_copy(update={"negatives": negatives, "data": data,
+                                               "output": str(Path(cfg.work) / f"pretrain-{name}")})
+        folders[name] = str(pretrain(pcfg))
+    if cfg.matched_ablation and cfg.encoder_dim:
+        pcfg = cfg.pretrain.model_copy(update={"negatives": "domain-aware", "data": data,
+                                               "output": str(Path(cfg.work) / "pretrain-dim-matched")})
+        folders["dim-matched"] = str(pretrain(pcfg))
+    return folders
+
+
+def run_study(cfg: StudyConfig) -> dict:
+    """Run the whole study and write ``<output>.{json,md,png}``. Returns the JSON content."""
+    start = time.monotonic()
+    torch.set_num_threads(cfg.pretrain.trainer.threads or torch.get_num_threads())
+    corpus = load_corpus(cfg.data)
+    folders = _encoders(cfg)
+    torch.manual_seed(0)
+    encoders = {name: load_encoder(folder) for name, folder in folders.items()}
+    encoders["random"] = SiteNetEncoder(encoders["dim"].config)  # same architecture, untrained
+    result = {"config": cfg.model_dump(mode="json"), "encoders": folders, "runs": []}
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    for target in cfg.targets:
+        test = make_splits(corpus, cfg.data, target=target).test
+        if cfg.test_limit and len(test) > cfg.test_limit:
+            test = np.sort(np.random.default_rng(0).choice(test, cfg.test_limit, replace=False))
+        y_all = corpus.labels(target)
+        draws = {(n, s): make_splits(corpus, cfg.data, target=target, n_labels=n, seed=s)
+                 for n in cfg.budgets for s in range(cfg.seeds(n))}
+        needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
+        index = {int(r): k for k, r in enumerate(needed)}
+        features = {f"{name}": embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items()}
+        features["composition"] = composition_features(corpus, needed)
+        x_test_rows = [index[int(r)] for r in test]
+        for (n, s), split in draws.items():
+            rows = np.concatenate([split.train, split.val])  # representation learning uses all N labels
+            train_rows = [index[int(r)] for r in rows]
+            for name, x in features.items():
+                for kind in (REGRESSORS if name != "composition" else ("rf", "linear", "mlp")):
+                    pred = fit_predict(kind, x[train_rows], y_all[rows], x[x_test_rows], seed=s,
+                                       mlp_max_iter=cfg.mlp_max_iter)
+                    if target == "band_gap":
+                        pred = np.clip(pred, 0.0, None)  # a gap is never negative
+                    _record(result, target, n, s, f"repr/{name}/{kind}", metrics(target, y_all[test], pred))
+            _write(result, output, start)
+            log.info("%s N=%d seed=%d: representation runs done (%.0f s)", target, n, s, time.monotonic() - start)
+
+        if not cfg.transfer:
+            continue
+        for n in cfg.transfer_budgets or cfg.budgets:
+            for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n))):
+                for init_name, init in (("dim", folders["dim"]), ("random", "random")):
+                    fcfg = cfg.finetune.model_copy(update={
+                        "target": target, "init": init, "encoder": encoders["dim"].config, "n_labels": n,
+                        "seed": s, "data": cfg.data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
+                    folder = finetune(fcfg, corpus=corpus, loggers=False)
+                    model = SiteNetRegressor.from_pretrained(str(folder))
+                    pred = predict(model, corpus, test, cfg.data)
+                    _record(result, target, n, s, f"transfer/{init_name}/finetune", metrics(target, y_all[test], pred))
+                    _write(result, output, start)
+                    log.info("%s N=%d seed=%d transfer %s done (%.0f s)", target, n, s, init_name,
+                             time.monotonic() - start)
+    _write(result, output, start, final=True)
+    return result
+
+
+def _record(result: dict, target: str, n: int, seed: int, method: str, m: dict) -> None:
+    result["runs"].append({"target": target, "n_labels": n, "seed": seed, "method": method, **m})
+
+
+def _write(result: dict, output: Path, start: float, *, final: bool = False) -> None:
+    result["elapsed_seconds"] = time.monotonic() - start
+    result["complete"] = final
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    summary = summarise(result["runs"])
+    output.with_suffix(".md").write_text(markdown(summary, complete=final))
+    plot(summary, output.with_suffix(".png"))
+
+
+def summarise(runs: list[dict]) -> dict[tuple[str, str, int], tuple[float, float, int]]:
+    """(target, method, N) -> (mean MAE, std MAE, number of seeds)."""
+    groups: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in runs:
+        groups[(r["target"], r["method"], r["n_labels"])].append(r["mae"])
+    return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in sorted(groups.items())}
+
+
+def markdown(summary: dict, *, complete: bool) -> str:
+    """One table per target: methods as rows, budgets as columns, 'mean ± std (seeds)' MAE."""
+    lines = ["# Label-masking study: held-out MAE (mean ± std over seeds)", ""]
+    if not complete:
+        lines += ["**Partial results: the study is still running or was interrupted.**", ""]
+    for target in sorted({k[0] for k in summary}):
+        budgets = sorted({k[2] for k in summary if k[0] == target})
+        methods = sorted({k[1] for k in summary if k[0] == target})
+        lines += [f"## {target} ({UNITS[target]})", "", "| method | " + " | ".join(f"N={n}" for n in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for m in methods:
+            cells = [f"{summary[(target, m, n)][0]:.3f} ± {summary[(target, m, n)][1]:.3f} ({summary[(target, m, n)][2]})"
+                     if (target, m, n) in summary else "–" for n in budgets]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """MAE vs N (log x), one panel per target, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = sorted({k[0] for k in summary})
+    if not targets:
+        return
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for m in sorted({k[1] for k in summary if k[0] == target}):
+            pts = sorted((k[2], v) for k, v in summary.items() if k[0] == target and k[1] == m)
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], marker="o",
+                        ms=3, capsize=2, lw=1, label=m, ls="--" if m.startswith("transfer") else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training crystals N")
+        ax.set_ylabel(f"held-out MAE ({UNITS[target]})")
+        ax.set_title(target)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="upper right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
