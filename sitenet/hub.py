@@ -338,7 +338,9 @@ def resolve(
             f"{name!r} is not a model folder, a bundled model (bundled: {bundled}) or a Hub repo id 'org/name'.",
             detail={"name": name, "bundled": bundled_models()},
         )
-    if verify:
+    # A user's own folder (e.g. straight from save_pretrained or `sitenet pretrain`) may carry no manifest:
+    # there is nothing recorded to check it against. Zoo and Hub folders always have one and are checked.
+    if verify and not (folder is candidate and not (folder / MANIFEST_NAME).exists()):
         verify_folder(folder)
     return folder
 
