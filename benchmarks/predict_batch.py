@@ -42,9 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-embedding", action="store_true", help="targets only (2 models instead of 3)")
     parser.add_argument("--output", default=str(RESULTS / "predict_batch"), help="results path without suffix")
-    parser.add_argument("--rewrite-softplus", action="store_true",
-                        help="experiment: run copies of the models whose Softplus nodes are rewritten as "
-                             "relu(x) + log1p(exp(-|x|)) (needs the onnx package; what a training/export.py fix buys)")
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
 
@@ -59,17 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(cifs)
     embedding = not args.no_embedding
     threads = 1 if args.workers > 1 else None
-    if args.rewrite_softplus:
-        import tempfile
-
-        from sitenet.predict import DEFAULT_MODELS
-
-        tmp = Path(tempfile.mkdtemp(prefix="sitenet-softplus-"))
-        predictor = Predictor.from_pretrained(*(_rewritten(name, tmp) for name in DEFAULT_MODELS.values()),
-                                              threads=threads)
-    else:
-        predictor = Predictor.from_pretrained(threads=threads)
-    result: dict = {"softplus_rewritten": args.rewrite_softplus, "command": " ".join(["predict_batch.py", *(argv if argv is not None else sys.argv[1:])]),
+    predictor = Predictor.from_pretrained(threads=threads)
+    result: dict = {"command": " ".join(["predict_batch.py", *(argv if argv is not None else sys.argv[1:])]),
                     "data": str(data), "n_cifs": n, "workers": args.workers, "runs": args.runs,
                     "embedding": embedding, "models": {r: f"{m.name}@{m.version}" for r, m in predictor.models.items()},
                     "cpu_count": os.cpu_count(), "machine": platform.platform(), "note": args.note}
@@ -113,37 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         f"Worker start and warm-up (not timed above): {result['worker_start_s']} s. {args.note}\n")
     print(f"wrote {out_path.with_suffix('.json')} and {out_path.with_suffix('.md')}")
     return 0
-
-
-def _rewritten(name: str, root: Path) -> Path:
-    """A copy of zoo model ``name`` whose Softplus nodes are computed as relu(x) + log(1 + exp(-|x|)): the same
-    function (max abs diff ~1e-6) without onnxruntime's slow Softplus kernel (~60% of the model's CPU time)."""
-    import shutil
-
-    import onnx
-    from onnx import TensorProto, helper
-
-    from sitenet.hub import resolve, write_manifest
-
-    folder = root / name
-    shutil.copytree(resolve(name), folder)
-    model = onnx.load(str(folder / "model.onnx"))
-    graph, nodes = model.graph, []
-    graph.initializer.append(helper.make_tensor("softplus_one", TensorProto.FLOAT, [], [1.0]))
-    for k, node in enumerate(graph.node):
-        if node.op_type != "Softplus":
-            nodes.append(node)
-            continue
-        x, y, p = node.input[0], node.output[0], f"softplus{k}_"
-        nodes += [helper.make_node("Relu", [x], [p + "relu"]), helper.make_node("Abs", [x], [p + "abs"]),
-                  helper.make_node("Neg", [p + "abs"], [p + "neg"]), helper.make_node("Exp", [p + "neg"], [p + "exp"]),
-                  helper.make_node("Add", [p + "exp", "softplus_one"], [p + "1p"]),
-                  helper.make_node("Log", [p + "1p"], [p + "log"]), helper.make_node("Add", [p + "relu", p + "log"], [y])]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.save(model, str(folder / "model.onnx"))
-    write_manifest(folder)
-    return folder
 
 
 def _core_prepare(read_structure, predictor, cif: str):
