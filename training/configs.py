@@ -117,6 +117,8 @@ class StudyConfig(_Frozen):
     test_limit: int | None = Field(None, ge=1, description="score on at most this many test rows (seeded)")
     output: str = "benchmarks/results/label_masking"
     work: str = Field("runs/study", description="folder for the study's encoders and fine-tunes")
+    resume: bool = Field(True, description="keep the runs already in <output>.json when it was written with the "
+                         "same settings, and run only the missing ones")
 
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":

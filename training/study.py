@@ -112,8 +112,13 @@ def run_study(cfg: StudyConfig) -> dict:
     result = {"config": cfg.model_dump(mode="json"), "encoders": folders, "runs": []}
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    result["runs"] = _previous_runs(cfg, output) if cfg.resume else []
+    done = {(r["target"], r["n_labels"], r["seed"], r["method"]) for r in result["runs"]}
 
     for target in cfg.targets:
+        repr_done = all((target, n, s, f"repr/{name}/{kind}") in done for n in cfg.budgets for s in range(cfg.seeds(n))
+                        for name in (*encoders, "composition")
+                        for kind in (REGRESSORS if name != "composition" else ("rf", "linear", "mlp")))
         test = make_splits(corpus, cfg.data, target=target).test
         if cfg.test_limit and len(test) > cfg.test_limit:
             test = np.sort(np.random.default_rng(0).choice(test, cfg.test_limit, replace=False))
@@ -122,14 +127,17 @@ def run_study(cfg: StudyConfig) -> dict:
                  for n in cfg.budgets for s in range(cfg.seeds(n))}
         needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
         index = {int(r): k for k, r in enumerate(needed)}
-        features = {f"{name}": embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items()}
-        features["composition"] = composition_features(corpus, needed)
+        features = {} if repr_done else {f"{name}": embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items()}
+        if not repr_done:
+            features["composition"] = composition_features(corpus, needed)
         x_test_rows = [index[int(r)] for r in test]
-        for (n, s), split in draws.items():
+        for (n, s), split in ({} if repr_done else draws).items():
             rows = np.concatenate([split.train, split.val])  # representation learning uses all N labels
             train_rows = [index[int(r)] for r in rows]
             for name, x in features.items():
                 for kind in (REGRESSORS if name != "composition" else ("rf", "linear", "mlp")):
+                    if (target, n, s, f"repr/{name}/{kind}") in done:
+                        continue
                     pred = fit_predict(kind, x[train_rows], y_all[rows], x[x_test_rows], seed=s,
                                        mlp_max_iter=cfg.mlp_max_iter)
                     if target == "band_gap":
@@ -143,6 +151,8 @@ def run_study(cfg: StudyConfig) -> dict:
         for n in cfg.transfer_budgets or cfg.budgets:
             for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n))):
                 for init_name, init in (("dim", folders["dim"]), ("random", "random")):
+                    if (target, n, s, f"transfer/{init_name}/finetune") in done:
+                        continue
                     fcfg = cfg.finetune.model_copy(update={
                         "target": target, "init": init, "encoder": encoders["dim"].config, "n_labels": n,
                         "seed": s, "data": cfg.data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
@@ -155,6 +165,22 @@ def run_study(cfg: StudyConfig) -> dict:
                              time.monotonic() - start)
     _write(result, output, start, final=True)
     return result
+
+
+def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
+    """Runs of an interrupted study with the same settings (``resume``), else none."""
+    path = output.with_suffix(".json")
+    if not path.exists():
+        return []
+    previous = json.loads(path.read_text())
+    # validated again so that settings added since (at their defaults) compare equal
+    then = type(cfg).model_validate({**previous.get("config", {}), "resume": cfg.resume})
+    same = then == cfg
+    if not same:
+        log.info("%s was written with other settings: starting afresh", path)
+        return []
+    log.info("resuming: %d runs kept from %s", len(previous["runs"]), path)
+    return previous["runs"]
 
 
 def _record(result: dict, target: str, n: int, seed: int, method: str, m: dict) -> None:
