@@ -192,7 +192,7 @@ def _write(result: dict, output: Path, start: float, *, final: bool = False) -> 
     result["complete"] = final
     output.with_suffix(".json").write_text(json.dumps(result, indent=2))
     summary = summarise(result["runs"])
-    output.with_suffix(".md").write_text(markdown(summary, complete=final))
+    output.with_suffix(".md").write_text(markdown(summary, complete=final, config=result["config"]))
     plot(summary, output.with_suffix(".png"))
 
 
@@ -204,9 +204,19 @@ def summarise(runs: list[dict]) -> dict[tuple[str, str, int], tuple[float, float
     return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in sorted(groups.items())}
 
 
-def markdown(summary: dict, *, complete: bool) -> str:
-    """One table per target: methods as rows, budgets as columns, 'mean ± std (seeds)' MAE."""
+def markdown(summary: dict, *, complete: bool, config: dict | None = None) -> str:
+    """One table per target: methods as rows, budgets as columns, 'mean ± std (seeds)' MAE; then the settings."""
     lines = ["# Label-masking study: held-out MAE (mean ± std over seeds)", ""]
+    if config is not None:
+        lines += ["Produced by `sitenet study training/recipes/study.yaml` (training/study.py); every run and the full "
+                  "resolved settings are in the JSON file beside this one. Methods: `repr/<embedding>/<regressor>` fits "
+                  "a regressor on frozen embeddings (identical StandardScaler for all); `transfer/<init>/finetune` "
+                  "fine-tunes the whole model. Embeddings: `dim` = the zoo encoder, `dim-matched` / `dim-standard` = "
+                  "domain-aware / standard negatives pretrained with identical settings, `random` = untrained, "
+                  "`composition` = element-property statistics of the formula.", "",
+                  "Settings: " + json.dumps({k: config[k] for k in ("budgets", "seeds_small", "seeds_large",
+                                                                     "transfer_budgets", "transfer_seeds")
+                                             if k in config}), ""]
     if not complete:
         lines += ["**Partial results: the study is still running or was interrupted.**", ""]
     for target in sorted({k[0] for k in summary}):
