@@ -42,10 +42,17 @@ def client(service_env: dict[str, str]) -> Iterator[object]:
                 for name in ("serving.settings", "serving.inference", "serving.service"):
                     module = importlib.reload(importlib.import_module(name))
             with TestClient(module.SiteNetService.to_asgi()) as test_client:
+                # The service has read its settings and loaded its models; put the environment back now, so
+                # that tests outside this folder (this fixture lives for the whole session) see the real zoo.
+                _restore(saved)
                 yield test_client
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
