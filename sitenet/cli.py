@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cifs", nargs="+", help="CIF files")
     p.add_argument("--output", "-o", default="-", help=".json, .csv, or - for JSON on stdout")
     p.add_argument("--embedding", action="store_true", help="include the 64-d embedding")
+    p.add_argument("--workers", type=int, default=None, help="worker processes for parsing and featurisation")
+    p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime providers")
     p.set_defaults(func=_delegate("sitenet.predict", "predict_main"))
 
     for module in ("training.cli", "training.publish"):
