@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sitenet.elements import site_features
 from sitenet.features import CrystalFeatures, FeatureSpec, pair_features
 
 #: The ONNX / model input names, in order.
@@ -73,8 +74,6 @@ def collate(items: Sequence[CrystalFeatures], spec: FeatureSpec) -> Batch:
         atom_mask[k, :n] = True
     pair = pair_features(distance, spec)  # (B, P, N, G)
     pair *= (site_mask[:, :, None] & atom_mask[:, None, :])[..., None]  # padding is exactly zero
-    from sitenet.elements import site_features
-
     site = site_features(species) * site_mask[..., None]  # (B, P, F)
     return Batch(site=site.astype(np.float32), species=species, pair=pair, parent=parent,
                  site_mask=site_mask, atom_mask=atom_mask)

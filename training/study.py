@@ -116,26 +116,26 @@ def run_study(cfg: StudyConfig) -> dict:
     done = {(r["target"], r["n_labels"], r["seed"], r["method"]) for r in result["runs"]}
 
     for target in cfg.targets:
-        repr_done = all((target, n, s, f"repr/{name}/{kind}") in done for n in cfg.budgets for s in range(cfg.seeds(n))
-                        for name in (*encoders, "composition")
-                        for kind in (REGRESSORS if name != "composition" else ("rf", "linear", "mlp")))
         test = make_splits(corpus, cfg.data, target=target).test
         if cfg.test_limit and len(test) > cfg.test_limit:
             test = np.sort(np.random.default_rng(0).choice(test, cfg.test_limit, replace=False))
         y_all = corpus.labels(target)
+        methods = [f"repr/{name}/{kind}" for name in (*encoders, "composition") for kind in REGRESSORS]
+        # only the label draws with a missing run (a resumed study) are embedded and fitted
         draws = {(n, s): make_splits(corpus, cfg.data, target=target, n_labels=n, seed=s)
-                 for n in cfg.budgets for s in range(cfg.seeds(n))}
-        needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
-        index = {int(r): k for k, r in enumerate(needed)}
-        features = {} if repr_done else {f"{name}": embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items()}
-        if not repr_done:
+                 for n in cfg.budgets for s in range(cfg.seeds(n))
+                 if any((target, n, s, m) not in done for m in methods)}
+        if draws:
+            needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
+            index = {int(r): k for k, r in enumerate(needed)}
+            features = {name: embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items()}
             features["composition"] = composition_features(corpus, needed)
-        x_test_rows = [index[int(r)] for r in test]
-        for (n, s), split in ({} if repr_done else draws).items():
+            x_test_rows = [index[int(r)] for r in test]
+        for (n, s), split in draws.items():
             rows = np.concatenate([split.train, split.val])  # representation learning uses all N labels
             train_rows = [index[int(r)] for r in rows]
             for name, x in features.items():
-                for kind in (REGRESSORS if name != "composition" else ("rf", "linear", "mlp")):
+                for kind in REGRESSORS:
                     if (target, n, s, f"repr/{name}/{kind}") in done:
                         continue
                     pred = fit_predict(kind, x[train_rows], y_all[rows], x[x_test_rows], seed=s,
