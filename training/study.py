@@ -80,57 +80,82 @@ def fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
 
 
 # ------------------------------------------------------------------------------------------------ the study
-def _encoders(cfg: StudyConfig) -> dict[str, str]:
-    """Folders of the two DIM encoders, pretraining those that were not given."""
+def _encoder_names(cfg: StudyConfig) -> tuple[str, ...]:
+    """The learned embeddings the study compares ("random" and "composition" come on top)."""
+    return ("dim", "dim-standard", *(("dim-matched",) if cfg.matched_ablation and cfg.encoder_dim else ()))
+
+
+def _encoders(cfg: StudyConfig, needed: set[str]) -> dict[str, str]:
+    """Folders of the DIM encoders, pretraining the ones not given. Only ``needed`` ones are pretrained: a resumed
+    study whose runs with an encoder are all done does not pretrain it again ("dim" is always needed: it is the
+    transfer-learning init)."""
     data = cfg.pretrain.data.model_copy(update={"path": cfg.data.path, "cache_root": cfg.data.cache_root,
                                                 "test_ids": cfg.data.test_ids})
+    given = {"dim": cfg.encoder_dim, "dim-standard": cfg.encoder_standard, "dim-matched": None}
+    negatives = {"dim": "domain-aware", "dim-standard": "standard", "dim-matched": "domain-aware"}
     folders = {}
-    for name, given, negatives in (("dim", cfg.encoder_dim, "domain-aware"),
-                                   ("dim-standard", cfg.encoder_standard, "standard")):
-        if given:
-            folders[name] = given
-            continue
-        pcfg = cfg.pretrain.model_copy(update={"negatives": negatives, "data": data,
-                                               "output": str(Path(cfg.work) / f"pretrain-{name}")})
-        folders[name] = str(pretrain(pcfg))
-    if cfg.matched_ablation and cfg.encoder_dim:
-        pcfg = cfg.pretrain.model_copy(update={"negatives": "domain-aware", "data": data,
-                                               "output": str(Path(cfg.work) / "pretrain-dim-matched")})
-        folders["dim-matched"] = str(pretrain(pcfg))
+    for name in _encoder_names(cfg):
+        if given[name]:
+            folders[name] = given[name]
+        elif name in needed or name == "dim":
+            pcfg = cfg.pretrain.model_copy(update={"negatives": negatives[name], "data": data,
+                                                   "output": str(Path(cfg.work) / f"pretrain-{name}")})
+            folders[name] = str(pretrain(pcfg))
     return folders
+
+
+def _draws(cfg: StudyConfig) -> list[tuple[int, int]]:
+    return [(n, s) for n in cfg.budgets for s in range(cfg.seeds(n))]
+
+
+def _transfer_draws(cfg: StudyConfig) -> list[tuple[int, int]]:
+    if not cfg.transfer:
+        return []
+    budgets = cfg.transfer_budgets or cfg.budgets
+    return [(n, s) for n in budgets for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n)))]
 
 
 def run_study(cfg: StudyConfig) -> dict:
     """Run the whole study and write ``<output>.{json,md,png}``. Returns the JSON content."""
     start = time.monotonic()
     torch.set_num_threads(cfg.pretrain.trainer.threads or torch.get_num_threads())
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    runs = _previous_runs(cfg, output) if cfg.resume else []
+    done = {(r["target"], r["n_labels"], r["seed"], r["method"]) for r in runs}
+    names = (*_encoder_names(cfg), "random", "composition")
+
+    def missing(target: str, n: int, s: int) -> list[str]:
+        return [name for name in names if any((target, n, s, f"repr/{name}/{kind}") not in done
+                                                for kind in REGRESSORS)]
+
     corpus = load_corpus(cfg.data)
-    folders = _encoders(cfg)
+    folders = _encoders(cfg, {name for t in cfg.targets for n, s in _draws(cfg) for name in missing(t, n, s)})
     torch.manual_seed(0)
     encoders = {name: load_encoder(folder) for name, folder in folders.items()}
     encoders["random"] = SiteNetEncoder(encoders["dim"].config)  # same architecture, untrained
-    result = {"config": cfg.model_dump(mode="json"), "encoders": folders, "runs": []}
-    output = Path(cfg.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result["runs"] = _previous_runs(cfg, output) if cfg.resume else []
-    done = {(r["target"], r["n_labels"], r["seed"], r["method"]) for r in result["runs"]}
-
+    result = {"config": cfg.model_dump(mode="json"), "encoders": folders, "runs": runs}
+    tests, labels = {}, {}
     for target in cfg.targets:
         test = make_splits(corpus, cfg.data, target=target).test
         if cfg.test_limit and len(test) > cfg.test_limit:
             test = np.sort(np.random.default_rng(0).choice(test, cfg.test_limit, replace=False))
-        y_all = corpus.labels(target)
-        methods = [f"repr/{name}/{kind}" for name in (*encoders, "composition") for kind in REGRESSORS]
-        # only the label draws with a missing run (a resumed study) are embedded and fitted
+        tests[target], labels[target] = test, corpus.labels(target)
+
+    # representation learning: only the label draws with a missing run (a resumed study) are embedded and fitted
+    for target in cfg.targets:
+        test, y_all = tests[target], labels[target]
         draws = {(n, s): make_splits(corpus, cfg.data, target=target, n_labels=n, seed=s)
-                 for n in cfg.budgets for s in range(cfg.seeds(n))
-                 if any((target, n, s, m) not in done for m in methods)}
-        if draws:
-            needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
-            index = {int(r): k for k, r in enumerate(needed)}
-            features = {name: embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items()}
+                 for n, s in _draws(cfg) if missing(target, n, s)}
+        if not draws:
+            continue
+        wanted = {name for n, s in draws for name in missing(target, n, s)}
+        needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
+        index = {int(r): k for k, r in enumerate(needed)}
+        features = {name: embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items() if name in wanted}
+        if "composition" in wanted:
             features["composition"] = composition_features(corpus, needed)
-            x_test_rows = [index[int(r)] for r in test]
+        x_test_rows = [index[int(r)] for r in test]
         for (n, s), split in draws.items():
             rows = np.concatenate([split.train, split.val])  # representation learning uses all N labels
             train_rows = [index[int(r)] for r in rows]
@@ -146,41 +171,49 @@ def run_study(cfg: StudyConfig) -> dict:
             _write(result, output, start)
             log.info("%s N=%d seed=%d: representation runs done (%.0f s)", target, n, s, time.monotonic() - start)
 
-        if not cfg.transfer:
-            continue
-        for n in cfg.transfer_budgets or cfg.budgets:
-            for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n))):
-                for init_name, init in (("dim", folders["dim"]), ("random", "random")):
-                    if (target, n, s, f"transfer/{init_name}/finetune") in done:
-                        continue
-                    fcfg = cfg.finetune.model_copy(update={
-                        "target": target, "init": init, "encoder": encoders["dim"].config, "n_labels": n,
-                        "seed": s, "data": cfg.data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
-                    folder = finetune(fcfg, corpus=corpus, loggers=False)
-                    model = SiteNetRegressor.from_pretrained(str(folder))
-                    pred = predict(model, corpus, test, cfg.data)
-                    _record(result, target, n, s, f"transfer/{init_name}/finetune", metrics(target, y_all[test], pred))
-                    _write(result, output, start)
-                    log.info("%s N=%d seed=%d transfer %s done (%.0f s)", target, n, s, init_name,
-                             time.monotonic() - start)
+    # transfer learning, the expensive part: ordered by budget and seed, so an interrupted study is balanced
+    for n, s in _transfer_draws(cfg):
+        for target in cfg.targets:
+            for init_name, init in (("dim", folders["dim"]), ("random", "random")):
+                if (target, n, s, f"transfer/{init_name}/finetune") in done:
+                    continue
+                fcfg = cfg.finetune.model_copy(update={
+                    "target": target, "init": init, "encoder": encoders["dim"].config, "n_labels": n,
+                    "seed": s, "data": cfg.data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
+                folder = finetune(fcfg, corpus=corpus, loggers=False)
+                model = SiteNetRegressor.from_pretrained(str(folder))
+                pred = predict(model, corpus, tests[target], cfg.data)
+                _record(result, target, n, s, f"transfer/{init_name}/finetune",
+                        metrics(target, labels[target][tests[target]], pred))
+                _write(result, output, start)
+                log.info("%s N=%d seed=%d transfer %s done (%.0f s)", target, n, s, init_name,
+                         time.monotonic() - start)
     _write(result, output, start, final=True)
     return result
 
 
+# changing these only adds or drops transfer runs; the runs both settings share stay valid
+_ADDITIVE = ("transfer_budgets", "transfer_seeds")
+
+
 def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
-    """Runs of an interrupted study with the same settings (``resume``), else none."""
+    """Runs of an earlier study with the same settings (``resume``), else none. Settings that only add or drop
+    transfer runs may differ: the runs the new settings still plan are kept."""
     path = output.with_suffix(".json")
     if not path.exists():
         return []
     previous = json.loads(path.read_text())
     # validated again so that settings added since (at their defaults) compare equal
-    then = type(cfg).model_validate({**previous.get("config", {}), "resume": cfg.resume})
-    same = then == cfg
-    if not same:
+    then = type(cfg).model_validate({**previous.get("config", {}), "resume": cfg.resume,
+                                     **{k: getattr(cfg, k) for k in _ADDITIVE}})
+    if then != cfg:
         log.info("%s was written with other settings: starting afresh", path)
         return []
-    log.info("resuming: %d runs kept from %s", len(previous["runs"]), path)
-    return previous["runs"]
+    planned = set(_transfer_draws(cfg))
+    kept = [r for r in previous["runs"]
+            if not r["method"].startswith("transfer/") or (r["n_labels"], r["seed"]) in planned]
+    log.info("resuming: %d of %d runs kept from %s", len(kept), len(previous["runs"]), path)
+    return kept
 
 
 def _record(result: dict, target: str, n: int, seed: int, method: str, m: dict) -> None:

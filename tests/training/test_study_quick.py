@@ -1,6 +1,7 @@
 """`study --quick` end to end on the bundled sample (the whole pipeline, tiny settings)."""
 
 import json
+import shutil
 
 from training.cli import RECIPES
 from training.configs import StudyConfig, load_recipe
@@ -22,3 +23,28 @@ def test_study_quick_end_to_end(tmp_path, sample_store, sample_cache):
     assert {r["target"] for r in result["runs"]} == {"band_gap", "formation_energy"}
     assert (tmp_path / "label_masking.png").stat().st_size > 0
     assert "± " in (tmp_path / "label_masking.md").read_text()
+
+
+def test_study_resume_adds_transfer_runs_and_keeps_the_rest(tmp_path, sample_store, sample_cache):
+    """Raising the transfer seeds resumes: representation runs and their encoders are reused, only the new
+    fine-tunes run; other changed settings start afresh."""
+    base = [f"data.cache_root={sample_cache}", f"output={tmp_path / 'lm'}", f"work={tmp_path / 'work'}",
+            "targets=[formation_energy]"]
+    run_study(load_recipe(RECIPES / "study_quick.yaml", base, kind=StudyConfig))
+    first = json.loads((tmp_path / "lm.json").read_text())["runs"]
+    shutil.rmtree(tmp_path / "work" / "pretrain-dim-standard")
+
+    run_study(load_recipe(RECIPES / "study_quick.yaml", [*base, "transfer_seeds=2"], kind=StudyConfig))
+    second = json.loads((tmp_path / "lm.json").read_text())["runs"]
+    assert not (tmp_path / "work" / "pretrain-dim-standard").exists()  # all its runs were done: not pretrained
+    assert second[:len(first)] == first
+    added = second[len(first):]
+    assert sorted((r["seed"], r["method"]) for r in added) == [(1, "transfer/dim/finetune"),
+                                                               (1, "transfer/random/finetune")]
+
+    run_study(load_recipe(RECIPES / "study_quick.yaml", [*base, "transfer_seeds=1"], kind=StudyConfig))
+    third = json.loads((tmp_path / "lm.json").read_text())["runs"]
+    assert third == first  # fewer transfer seeds: the extra runs are dropped, nothing recomputed
+
+    run_study(load_recipe(RECIPES / "study_quick.yaml", [*base, "mlp_max_iter=50"], kind=StudyConfig))
+    assert (tmp_path / "work" / "pretrain-dim-standard").exists()  # a changed setting starts afresh
