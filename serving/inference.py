@@ -16,10 +16,13 @@ from serving.settings import ServiceSettings
 from sitenet.elements import MAX_Z
 from sitenet.features import CrystalFeatures
 from sitenet.predict import Predictor
-from sitenet.runtime import cuda_device_count
+from sitenet.runtime import cuda_device_count, pick_providers
 
 logger = logging.getLogger("sitenet.serving")
 SETTINGS = ServiceSettings.from_env()
+if SETTINGS.providers == "cuda":
+    # fail once, at startup, with the reason; not in a worker that BentoML would restart forever
+    pick_providers("cuda")
 _OUTPUTS = {"band_gap": ("band_gap", "metal_probability"), "formation_energy": ("formation_energy",)}
 
 

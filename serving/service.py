@@ -1,9 +1,11 @@
 """SiteNet prediction service: BentoML over ONNX Runtime (CUDA when usable, else CPU). No torch.
 
-Two services, one process each by default: ``SiteNetService`` here (HTTP: reads, validates and featurises
-every CIF, per item) and ``SiteNetModels`` (``serving/inference.py``: only featurised tensors reach it; its
-``infer`` is adaptively batched across concurrent requests). A bad CIF therefore never reaches, or fails, a
-batch. Errors have one shape ``{"code", "message", "detail"}`` (``serving/errors.py``). Settings:
+``SiteNetService`` here (HTTP) reads, validates and featurises every CIF, per item, so a bad CIF never
+reaches, or fails, a batch. Only featurised tensors go on to the models, in one of two modes
+(``SITENET_BATCHING``): ``adaptive`` (the default with a usable GPU) sends them to ``SiteNetModels``
+(``serving/inference.py``), a separate worker whose ``infer`` is adaptively batched across concurrent
+requests; ``inline`` (the default on CPU) runs the same batched inference (``infer_items``) in the HTTP
+worker on each request's crystals, saving the inter-process hop. Errors have one shape ``{"code", "message", "detail"}`` (``serving/errors.py``). Settings:
 ``SITENET_*`` variables (``serving/settings.py``). Run: ``bentoml serve`` at the repository root.
 """
 
@@ -23,19 +25,25 @@ from serving.schemas import (BatchItemOut, BatchOut, EmbeddingItemOut, EmbedOut,
 from sitenet.predict import Prediction, Prepared, Rejection
 
 logger = logging.getLogger("sitenet.serving")
+INLINE = SETTINGS.batching_mode() == "inline"
 ROUTES = {"/predict": "multipart", "/predict_files": "multipart", "/embed_files": "multipart",
           "/predict_text": "json", "/predict_batch": "json", "/embed": "json"}
 
 
-@bentoml.service(name="sitenet", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})
+@bentoml.service(name="sitenet", workers=SETTINGS.worker_count(), traffic={"timeout": SETTINGS.timeout_s})
 class SiteNetService:
     """Band gap (eV), formation energy (eV/atom) and DIM embeddings of crystals given as CIF."""
 
-    models = bentoml.depends(SiteNetModels)
+    if not INLINE:
+        models = bentoml.depends(SiteNetModels)
 
     def __init__(self) -> None:
-        self.predictor = load_predictor(load=False)  # featurisation only: the model worker runs the graphs
-        _keep_sessions(self.models)
+        # adaptive: featurisation only here, the model worker runs the graphs
+        self.predictor = load_predictor(load=INLINE)
+        if INLINE:
+            logger.info("models ready (inline): %s", {r: m.providers for r, m in self.predictor.models.items()})
+        else:
+            _keep_sessions(self.models)
 
     @bentoml.api(route="/predict")
     async def predict(self, cif: Path, options: PredictOptions = PredictOptions()) -> PredictionOut:
@@ -72,7 +80,7 @@ class SiteNetService:
     @bentoml.api(route="/info")
     async def info(self) -> InfoOut:
         """Models (names, sha256, versions), execution providers in use, units and request limits."""
-        info = await self.models.info()
+        info = self.predictor.info() if INLINE else await self.models.info()
         info["limits"] = {"max_request_bytes": SETTINGS.max_request_bytes, "max_cif_bytes": SETTINGS.max_cif_bytes,
                           "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites}
         return InfoOut.model_validate(info)
@@ -82,6 +90,9 @@ class SiteNetService:
 
     # --- the one inference path: prepare here (per item), infer there (batched) ----------------------
     async def _run(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
+        if INLINE:  # the core's own path, in one worker thread: prepare each, run the batch, assemble
+            return await anyio.to_thread.run_sync(
+                lambda: self.predictor.predict(sources, targets=targets, return_embedding=embedding))
         prepared = await anyio.to_thread.run_sync(lambda: [self.predictor.prepare(s) for s in sources])
         ready = [(k, p) for k, p in enumerate(prepared) if isinstance(p, Prepared)]
         items = [InferItem(atomic_numbers=p.features.atomic_numbers, distance=p.features.distance,

@@ -9,9 +9,10 @@
     SITENET_MAX_CIF_BYTES         largest single CIF, else 413 (per item in batches)
     SITENET_MAX_CIFS              most CIFs in one request, else 413
     SITENET_MAX_SITES             most sites in one input cell, else 413 (per item in batches)
+    SITENET_BATCHING              auto | adaptive | inline: where the ONNX models run (see ``batching_mode``)
     SITENET_MAX_BATCH_SIZE        adaptive batching: most crystals per ONNX batch
     SITENET_MAX_LATENCY_MS        adaptive batching: latency budget before the batcher sheds load (503)
-    SITENET_WORKERS               HTTP worker processes (parsing and featurisation)
+    SITENET_WORKERS               HTTP worker processes (parsing, featurisation; the models too when inline)
     SITENET_TIMEOUT_S             request timeout
 """
 
@@ -44,9 +45,14 @@ class ServiceSettings(BaseModel):
     max_cif_bytes: int = Field(DEFAULT_MAX_BYTES, ge=64, description="largest CIF, bytes")
     max_cifs: int = Field(64, ge=1, le=10_000, description="most CIFs per request")
     max_sites: int = Field(DEFAULT_MAX_SITES, ge=1, le=10_000, description="most sites per input cell")
+    batching: Literal["auto", "adaptive", "inline"] = Field(
+        "auto", description="adaptive: one model worker batches crystals across requests (BentoML adaptive "
+        "batching); inline: each HTTP worker runs the models itself on each request's crystals (no "
+        "inter-process hop); auto: adaptive when CUDA is usable, else inline")
     max_batch_size: int = Field(64, ge=2, le=4096, description="most crystals per adaptive batch")
     max_latency_ms: int = Field(10_000, ge=10, description="adaptive-batching latency budget, ms")
-    workers: int = Field(1, ge=1, le=64, description="HTTP worker processes")
+    workers: int | None = Field(None, ge=1, le=64, description="HTTP worker processes; None: one per CPU core "
+                                "with inline batching (each runs the models), one with adaptive batching")
     timeout_s: int = Field(60, ge=1, description="request timeout, s")
 
     @classmethod
@@ -63,6 +69,21 @@ class ServiceSettings(BaseModel):
             if raw is not None:
                 values[name] = None if raw.strip().lower() in ("", "none") and name == "revision" else raw.strip()
         return cls.model_validate(values)
+
+    def batching_mode(self) -> Literal["adaptive", "inline"]:
+        """``batching`` with "auto" resolved. On a GPU, batching across requests fills the device; on CPU the
+        per-crystal cost does not shrink with batch size, so the hop to a model worker is pure overhead."""
+        if self.batching != "auto":
+            return self.batching
+        from sitenet.runtime import cuda_device_count
+
+        return "adaptive" if self.providers != "cpu" and cuda_device_count() else "inline"
+
+    def worker_count(self) -> int:
+        """``workers`` with None resolved (see its description)."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), 16)) if self.batching_mode() == "inline" else 1
 
     def model_names(self) -> dict[str, str | None]:
         """Model of each role for ``Predictor.from_pretrained`` ("" / "none": role left out)."""

@@ -41,11 +41,13 @@ def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> N
 
 
 @pytest.mark.slow
-def test_bentoml_serve_predicts_a_real_cif(service_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("batching", ["adaptive", "inline"])
+def test_bentoml_serve_predicts_a_real_cif(service_env: dict[str, str], tmp_path: Path, batching: str) -> None:
+    """Both model placements: a separate adaptively batched model worker, and models in the HTTP worker."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w")
-    env = {**os.environ, **service_env, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    env = {**os.environ, **service_env, "BENTOML_HOME": str(tmp_path / "bentoml"), "SITENET_BATCHING": batching}
     server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -73,3 +75,20 @@ def test_bentoml_serve_predicts_a_real_cif(service_env: dict[str, str], tmp_path
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_bentoml_serve_refuses_cuda_where_it_cannot_run(service_env: dict[str, str], tmp_path: Path) -> None:
+    """SITENET_PROVIDERS=cuda without a usable GPU: serve exits at once with the reason (no worker restart loop)."""
+    from sitenet.runtime import ProviderUnavailableError, pick_providers
+
+    try:
+        pick_providers("cuda")
+        pytest.skip("CUDA is usable here")
+    except ProviderUnavailableError:
+        pass
+    env = {**os.environ, **service_env, "BENTOML_HOME": str(tmp_path / "bentoml"), "SITENET_PROVIDERS": "cuda"}
+    done = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(_free_port())], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "CUDA was requested but cannot be used" in done.stderr + done.stdout

@@ -37,6 +37,23 @@ def test_settings_from_environment() -> None:
         ServiceSettings.from_env({"SITENET_MAX_CIFS": "0"})
 
 
+def test_model_placement_and_workers_follow_the_hardware() -> None:
+    """auto: inline models and one HTTP worker per core without a usable GPU; explicit values win."""
+    import os
+
+    from serving.settings import ServiceSettings
+    from sitenet.runtime import cuda_device_count
+
+    auto = ServiceSettings.from_env({})
+    if not cuda_device_count():
+        assert auto.batching_mode() == "inline"
+        assert auto.worker_count() == min(len(os.sched_getaffinity(0)), 16)
+    assert ServiceSettings.from_env({"SITENET_PROVIDERS": "cpu"}).batching_mode() == "inline"
+    adaptive = ServiceSettings.from_env({"SITENET_BATCHING": "adaptive"})
+    assert (adaptive.batching_mode(), adaptive.worker_count()) == ("adaptive", 1)
+    assert ServiceSettings.from_env({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "3"}).worker_count() == 3
+
+
 def test_every_setting_is_used() -> None:
     """Each field of ServiceSettings is read by the service (no silently ignored variable)."""
     from pathlib import Path
@@ -46,5 +63,5 @@ def test_every_setting_is_used() -> None:
     folder = Path(serving.settings.__file__).parent
     source = (folder / "service.py").read_text() + (folder / "inference.py").read_text()
     for name in serving.settings.ServiceSettings.model_fields:
-        used = f"SETTINGS.{name}" in source or (name.endswith("model") or name == "encoder") and "model_names()" in source
+        used = f"SETTINGS.{name}" in source or name == "workers" and "SETTINGS.worker_count()" in source or (name.endswith("model") or name == "encoder") and "model_names()" in source
         assert used, name
