@@ -112,7 +112,7 @@ class Predictor:
         self.max_sites, self.max_bytes = max_sites, max_bytes
         self.batch_size, self.max_pairs = batch_size, max_pairs
         self._pool: ProcessPoolExecutor | None = None
-        self._pool_workers = 0
+        self._pool_key: tuple[int, int, int] | None = None  # (workers, batch_size, max_pairs) of the pool
 
     @classmethod
     def from_pretrained(
@@ -279,7 +279,8 @@ class Predictor:
         return results
 
     def _ensure_pool(self, workers: int) -> ProcessPoolExecutor:
-        if self._pool is not None and self._pool_workers == workers:
+        # workers copy the batching settings when they start: a changed setting needs new workers
+        if self._pool is not None and self._pool_key == (workers, self.batch_size, self.max_pairs):
             return self._pool
         self.close()
         import multiprocessing
@@ -290,14 +291,14 @@ class Predictor:
         self._pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
             initargs=(folders, providers, self.max_sites, self.max_bytes, self.batch_size, self.max_pairs))
-        self._pool_workers = workers
+        self._pool_key = (workers, self.batch_size, self.max_pairs)
         return self._pool
 
     def close(self) -> None:
         """Stop the worker processes, if any."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool, self._pool_workers = None, 0
+            self._pool, self._pool_key = None, None
 
     def __enter__(self) -> "Predictor":
         return self

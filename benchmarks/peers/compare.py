@@ -96,9 +96,9 @@ def _timed(fn, repeats: int) -> tuple[list[float], object]:
 
 def _best(name: str, options: dict, run, cifs: list[str], sweep_n: int, repeats: int) -> dict:
     """Sweep ``options`` on the first crystals, then time the best one over all of them."""
-    run(options[next(iter(options))], cifs[:8])  # warm-up
     sweep = {}
     for label, option in options.items():
+        run(option, cifs[:8])  # warm-up: lazy imports, and the worker processes of this option start here
         t, _ = _timed(lambda: run(option, cifs[:sweep_n]), 1)
         sweep[label] = sweep_n / t[0]
         print(f"{name}: {label}: {sweep[label]:.1f} crystals/s on {sweep_n}", flush=True)

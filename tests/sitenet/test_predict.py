@@ -189,12 +189,18 @@ def test_info_names_models_checksums_and_providers(predictor: Predictor) -> None
 def test_worker_processes_give_the_same_answers(predictor: Predictor, sample_frame) -> None:
     cifs = list(sample_frame.cif.iloc[40:64]) + [b"junk\n"]
     local = predictor.predict(cifs, return_embedding=True)
+    size = predictor.batch_size
     try:
         parallel = predictor.predict(cifs, return_embedding=True, workers=2)
+        first_pool = predictor._pool
+        predictor.batch_size = 4  # workers copied the old value when they started: they must be replaced
+        smaller = predictor.predict(cifs, return_embedding=True, workers=2)
+        assert predictor._pool is not first_pool
     finally:
+        predictor.batch_size = size
         predictor.close()
-    assert [type(r) for r in parallel] == [type(r) for r in local]
-    for a, b in zip(local, parallel):
+    assert [type(r) for r in parallel] == [type(r) for r in local] == [type(r) for r in smaller]
+    for a, b in [*zip(local, parallel), *zip(local, smaller)]:
         if isinstance(a, Prediction):
             assert a.formula == b.formula and a.band_gap == pytest.approx(b.band_gap, abs=1e-5)
             np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
