@@ -109,6 +109,10 @@ class StudyConfig(_Frozen):
     encoder_standard: str | None = Field(None, description="standard-DIM encoder folder; None: pretrain one")
     matched_ablation: bool = Field(False, description="with encoder_dim given, also pretrain a domain-aware "
                                    "encoder with exactly the standard one's settings ('dim-matched')")
+    pretrain_variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="more frozen-embedding ablations: name -> overrides of ``pretrain`` "
+        "(e.g. {'dim-lr1e-4': {'lr': 1.0e-4}}); each is pretrained with the dim-matched settings plus its "
+        "overrides, on the same crystals")
     mlp_max_iter: int = Field(2000, ge=10, description="MLPRegressor iterations")
     finetune: FinetuneConfig = FinetuneConfig(trainer=TrainerConfig(max_epochs=30, progress_bar=False), patience=8)
     transfer: bool = Field(True, description="run the fine-tuning comparison (the expensive part)")
@@ -124,6 +128,12 @@ class StudyConfig(_Frozen):
     def _check(self) -> "StudyConfig":
         if not self.budgets or min(self.budgets) < 2:
             raise ValueError(f"budgets must be >= 2, got {self.budgets}")
+        taken = {"dim", "dim-standard", "dim-matched", "random", "composition"} & set(self.pretrain_variants)
+        if taken:
+            raise ValueError(f"pretrain_variants may not reuse the names {sorted(taken)}")
+        for overrides in self.pretrain_variants.values():  # fail early on a typo (sections merged in study.py)
+            PretrainConfig.model_validate({**self.pretrain.model_dump(),
+                                           **{k: v for k, v in overrides.items() if not isinstance(v, dict)}})
         return self
 
     def seeds(self, n: int) -> int:

@@ -24,7 +24,7 @@ import torch
 from sitenet.config import UNITS
 from sitenet.elements import raw_table
 from sitenet.model import SiteNetEncoder, SiteNetRegressor
-from training.configs import StudyConfig
+from training.configs import PretrainConfig, StudyConfig
 from training.data import Corpus, load_corpus, loader, make_splits
 from training.evaluate import metrics, predict
 from training.finetune import finetune, load_encoder
@@ -82,26 +82,40 @@ def fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
 # ------------------------------------------------------------------------------------------------ the study
 def _encoder_names(cfg: StudyConfig) -> tuple[str, ...]:
     """The learned embeddings the study compares ("random" and "composition" come on top)."""
-    return ("dim", "dim-standard", *(("dim-matched",) if cfg.matched_ablation and cfg.encoder_dim else ()))
+    return ("dim", "dim-standard", *(("dim-matched",) if cfg.matched_ablation and cfg.encoder_dim else ()),
+            *cfg.pretrain_variants)
 
 
 def _encoders(cfg: StudyConfig, needed: set[str]) -> dict[str, str]:
     """Folders of the DIM encoders, pretraining the ones not given. Only ``needed`` ones are pretrained: a resumed
     study whose runs with an encoder are all done does not pretrain it again ("dim" is always needed: it is the
     transfer-learning init)."""
-    data = cfg.pretrain.data.model_copy(update={"path": cfg.data.path, "cache_root": cfg.data.cache_root,
-                                                "test_ids": cfg.data.test_ids})
-    given = {"dim": cfg.encoder_dim, "dim-standard": cfg.encoder_standard, "dim-matched": None}
-    negatives = {"dim": "domain-aware", "dim-standard": "standard", "dim-matched": "domain-aware"}
+    given = {"dim": cfg.encoder_dim, "dim-standard": cfg.encoder_standard}
+    negatives = {"dim-standard": "standard"}
     folders = {}
     for name in _encoder_names(cfg):
-        if given[name]:
+        if given.get(name):
             folders[name] = given[name]
         elif name in needed or name == "dim":
-            pcfg = cfg.pretrain.model_copy(update={"negatives": negatives[name], "data": data,
-                                                   "output": str(Path(cfg.work) / f"pretrain-{name}")})
-            folders[name] = str(pretrain(pcfg))
+            folders[name] = str(pretrain(variant_config(cfg, name, negatives.get(name, "domain-aware"))))
     return folders
+
+
+def variant_config(cfg: StudyConfig, name: str, negatives: str = "domain-aware") -> PretrainConfig:
+    """The pretraining settings of the study's encoder ``name`` (its ``pretrain_variants`` overrides applied)."""
+    data = cfg.pretrain.data.model_copy(update={"path": cfg.data.path, "cache_root": cfg.data.cache_root,
+                                                "test_ids": cfg.data.test_ids})
+    base = cfg.pretrain.model_copy(update={"negatives": negatives, "data": data,
+                                           "output": str(Path(cfg.work) / f"pretrain-{name}")}).model_dump()
+    return PretrainConfig.model_validate(_merged(base, cfg.pretrain_variants.get(name, {})))
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied section by section (``{"trainer": {"max_epochs": 6}}`` keeps the rest)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _draws(cfg: StudyConfig) -> list[tuple[int, int]]:
@@ -192,8 +206,8 @@ def run_study(cfg: StudyConfig) -> dict:
     return result
 
 
-# changing these only adds or drops transfer runs; the runs both settings share stay valid
-_ADDITIVE = ("transfer_budgets", "transfer_seeds")
+# changing these only adds or drops runs (transfer runs, a variant's embedding runs); shared runs stay valid
+_ADDITIVE = ("transfer_budgets", "transfer_seeds", "pretrain_variants")
 
 
 def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
@@ -210,8 +224,15 @@ def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
         log.info("%s was written with other settings: starting afresh", path)
         return []
     planned = set(_transfer_draws(cfg))
-    kept = [r for r in previous["runs"]
-            if not r["method"].startswith("transfer/") or (r["n_labels"], r["seed"]) in planned]
+    before = previous["config"].get("pretrain_variants", {})
+    stale = {name for name in before if cfg.pretrain_variants.get(name) != before[name]}  # dropped or changed
+
+    def keep(r: dict) -> bool:
+        if r["method"].startswith("transfer/"):
+            return (r["n_labels"], r["seed"]) in planned
+        return r["method"].split("/")[1] not in stale
+
+    kept = [r for r in previous["runs"] if keep(r)]
     log.info("resuming: %d of %d runs kept from %s", len(kept), len(previous["runs"]), path)
     return kept
 
@@ -246,9 +267,11 @@ def markdown(summary: dict, *, complete: bool, config: dict | None = None) -> st
                   "a regressor on frozen embeddings (identical StandardScaler for all); `transfer/<init>/finetune` "
                   "fine-tunes the whole model. Embeddings: `dim` = the zoo encoder, `dim-matched` / `dim-standard` = "
                   "domain-aware / standard negatives pretrained with identical settings, `random` = untrained, "
-                  "`composition` = element-property statistics of the formula.", "",
+                  "`composition` = element-property statistics of the formula; any other embedding is a "
+                  "`pretrain_variants` entry: the dim-matched settings with the overrides listed below.", "",
                   "Settings: " + json.dumps({k: config[k] for k in ("budgets", "seeds_small", "seeds_large",
-                                                                     "transfer_budgets", "transfer_seeds")
+                                                                     "transfer_budgets", "transfer_seeds",
+                                                                     "pretrain_variants")
                                              if k in config}), ""]
     if not complete:
         lines += ["**Partial results: the study is still running or was interrupted.**", ""]

@@ -46,5 +46,16 @@ def test_study_resume_adds_transfer_runs_and_keeps_the_rest(tmp_path, sample_sto
     third = json.loads((tmp_path / "lm.json").read_text())["runs"]
     assert third == first  # fewer transfer seeds: the extra runs are dropped, nothing recomputed
 
+    variant = [*base, "pretrain_variants={dim-lr: {lr: 1.0e-4, trainer: {max_epochs: 1}}}"]
+    run_study(load_recipe(RECIPES / "study_quick.yaml", variant, kind=StudyConfig))
+    fourth = json.loads((tmp_path / "lm.json").read_text())["runs"]
+    assert fourth[:len(first)] == first  # a new variant only adds its own embedding runs
+    assert {r["method"] for r in fourth[len(first):]} == {f"repr/dim-lr/{k}" for k in ("linear", "mlp", "rf")}
+    saved = json.loads((tmp_path / "work" / "pretrain-dim-lr" / "config.json").read_text())
+    assert saved["lr"] == 1.0e-4 and saved["data"]["limit"] == 64 and saved["negatives"] == "domain-aware"
+
+    run_study(load_recipe(RECIPES / "study_quick.yaml", base, kind=StudyConfig))
+    assert json.loads((tmp_path / "lm.json").read_text())["runs"] == first  # dropped variant, dropped runs
+
     run_study(load_recipe(RECIPES / "study_quick.yaml", [*base, "mlp_max_iter=50"], kind=StudyConfig))
     assert (tmp_path / "work" / "pretrain-dim-standard").exists()  # a changed setting starts afresh
