@@ -95,6 +95,8 @@ class InfoOut(BaseModel):
     units: dict[str, str]
     feature_spec: dict[str, Any] = Field(description="featurisation shared by all models")
     limits: dict[str, int] = Field(description="request limits: bytes, CIFs per request, sites per cell")
+    placement: dict[str, Any] = Field(description="where the models run: batching (adaptive | inline) and the "
+                                      "number of HTTP workers")
 
 
 # --- between the HTTP workers and the model worker (not public) -----------------------------------------

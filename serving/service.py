@@ -83,6 +83,7 @@ class SiteNetService:
         info = self.predictor.info() if INLINE else await self.models.info()
         info["limits"] = {"max_request_bytes": SETTINGS.max_request_bytes, "max_cif_bytes": SETTINGS.max_cif_bytes,
                           "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites}
+        info["placement"] = {"batching": SETTINGS.batching_mode(), "http_workers": SETTINGS.worker_count()}
         return InfoOut.model_validate(info)
 
     def __is_ready__(self) -> bool:

@@ -65,6 +65,7 @@ def test_bentoml_serve_predicts_a_real_cif(service_env: dict[str, str], tmp_path
             assert bad_cif.status_code == 422 and bad_cif.json()["code"] == "cif_parse_error"
             info = http.post("/info").json()
             assert all(m["providers"] == ["CPUExecutionProvider"] for m in info["models"].values())
+            assert info["placement"]["batching"] == batching
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -107,6 +107,7 @@ def test_info_reports_models_checksums_and_providers(client, tiny_zoo: Path) -> 
         assert model["providers"] == ["CPUExecutionProvider"] and model["providers_requested"] == "auto"
     assert info["units"] == {"band_gap": "eV", "formation_energy": "eV/atom"}
     assert info["limits"]["max_cifs"] == 16 and info["limits"]["max_request_bytes"] == 3_000_000
+    assert info["placement"]["batching"] in ("adaptive", "inline") and info["placement"]["http_workers"] >= 1
 
 
 def test_openapi_documents_fields_and_units(client) -> None:
