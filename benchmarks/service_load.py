@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load before measuring")
     parser.add_argument("--output", default=str(RESULTS / "service_load"), help="results path without suffix")
+    parser.add_argument("--soak", type=int, default=0, help="then this many more closed-loop phases at the most "
+                        "clients (memory stability: RSS is recorded after every phase)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = parser.parse_args(argv)
 
@@ -249,13 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.warmup > 0:
             asyncio.run(closed_loop(host, port, requests, 4, args.warmup, args.timeout))
         phases = []
+
+        def record(phase: dict) -> None:  # server memory after every phase shows whether it settles
+            phase["rss_mb"] = (_rss_mb(server.pid) or {}).get("total_mb") if server else None
+            phases.append(phase)
+            print(json.dumps(phase), flush=True)
+
         for c in args.clients:
-            phases.append(asyncio.run(closed_loop(host, port, requests, c, args.duration, args.timeout)))
-            print(json.dumps(phases[-1]), flush=True)
+            record(asyncio.run(closed_loop(host, port, requests, c, args.duration, args.timeout)))
         for rate in (r for r in args.rate if r > 0):
-            phases.append(asyncio.run(open_loop(host, port, requests, args.rate_clients, rate, args.duration,
-                                                args.timeout)))
-            print(json.dumps(phases[-1]), flush=True)
+            record(asyncio.run(open_loop(host, port, requests, args.rate_clients, rate, args.duration,
+                                         args.timeout)))
+        for _ in range(args.soak):
+            record(asyncio.run(closed_loop(host, port, requests, max(args.clients), args.duration, args.timeout)))
         rss_after = _rss_mb(server.pid) if server else None
     finally:
         if server is not None:
@@ -279,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _markdown(r: dict) -> str:
     rows = ["| mode | clients | offered req/s | requests | throughput req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-            "| not sent |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| not sent | server RSS after, MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in r["phases"]:
         rows.append(f"| {p['mode']} | {p['clients']} | {p.get('offered_rps', '-')} | {p['requests']} | "
                     f"{p['throughput_rps']} | {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {p['max_ms']} | "
-                    f"{p['errors']} {p['errors_by_kind'] or ''} | {p.get('not_sent', '-')} |")
+                    f"{p['errors']} {p['errors_by_kind'] or ''} | {p.get('not_sent', '-')} | {p.get('rss_mb', '-')} |")
     rss = lambda x: x["total_mb"] if x else "n/a"  # noqa: E731
     return (f"# Service load test\n\n`{r['command']}` — {r['duration_s']} s per phase, `POST {r['route']}` with "
             f"{', '.join(r['cifs'])}, {r['cpu_count']} CPUs ({r['machine']}).\n\n" + "\n".join(rows) +
