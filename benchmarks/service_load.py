@@ -13,7 +13,7 @@ measuring), so on a shared 2-core machine most of the CPU goes to the server. Re
     python benchmarks/service_load.py                     # 60 s per phase, writes benchmarks/results/
     python benchmarks/service_load.py --duration 10       # quick look
     python benchmarks/service_load.py --rate 200 40       # open loop at 200 req/s and at 40 req/s
-    python benchmarks/service_load.py --url http://host:3000 --no-server
+    python benchmarks/service_load.py --url http://host:3000       # a running server (memory not read)
 """
 
 from __future__ import annotations

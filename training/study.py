@@ -289,7 +289,8 @@ def markdown(summary: dict, *, complete: bool, config: dict | None = None) -> st
 
 
 def plot(summary: dict, path: Path) -> None:
-    """MAE vs N (log x), one panel per target, one line per method."""
+    """MAE vs N (log x): per target, frozen embeddings + random forest on the left (every regressor is in the
+    table), transfer learning on the right with the composition forest as the reference line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,18 +299,31 @@ def plot(summary: dict, path: Path) -> None:
     targets = sorted({k[0] for k in summary})
     if not targets:
         return
-    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.8), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        for m in sorted({k[1] for k in summary if k[0] == target}):
-            pts = sorted((k[2], v) for k, v in summary.items() if k[0] == target and k[1] == m)
-            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], marker="o",
-                        ms=3, capsize=2, lw=1, label=m, ls="--" if m.startswith("transfer") else "-")
-        ax.set_xscale("log")
-        ax.set_xlabel("labelled training crystals N")
-        ax.set_ylabel(f"held-out MAE ({UNITS[target]})")
-        ax.set_title(target)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="upper right", ncol=2)
+    names = sorted({k[1].split("/")[1] for k in summary if k[1].startswith("repr/")})
+    colours = {name: f"C{k % 10}" for k, name in enumerate(names)}
+    fig, axes = plt.subplots(len(targets), 2, figsize=(12, 4.2 * len(targets)), squeeze=False, sharey="row")
+
+    def line(ax, target: str, method: str, label: str, **style) -> None:
+        pts = sorted((k[2], v) for k, v in summary.items() if k[0] == target and k[1] == method)
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], marker="o", ms=3,
+                        capsize=2, lw=1.2, label=label, **style)
+
+    for row, target in zip(axes, targets):
+        for name in names:
+            line(row[0], target, f"repr/{name}/rf", name, color=colours[name])
+        line(row[1], target, "repr/composition/rf", "composition + RF (reference)", color=colours.get("composition"),
+             ls=":")
+        for init, style in (("dim", "-"), ("random", "--")):
+            line(row[1], target, f"transfer/{init}/finetune", f"fine-tuned from {init}", ls=style,
+                 color=colours.get(init, "k"))
+        for ax, title in zip(row, ("frozen embedding + random forest", "transfer learning (full fine-tuning)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("labelled training crystals N")
+            ax.set_ylabel(f"{target}: held-out MAE ({UNITS[target]})")
+            ax.set_title(f"{target}: {title}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
