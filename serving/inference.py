@@ -16,7 +16,7 @@ from serving.settings import ServiceSettings
 from sitenet.elements import MAX_Z
 from sitenet.features import CrystalFeatures
 from sitenet.predict import Predictor
-from sitenet.runtime import cuda_device_count, pick_providers
+from sitenet.runtime import pick_providers
 
 logger = logging.getLogger("sitenet.serving")
 SETTINGS = ServiceSettings.from_env()
@@ -35,7 +35,7 @@ def load_predictor(load: bool) -> Predictor:
 
 @bentoml.service(name="sitenet-models", workers=1, traffic={"timeout": SETTINGS.timeout_s},
                  logging={"access": {"enabled": False}},  # internal hop: the HTTP worker logs every request
-                 resources={"gpu": 1} if SETTINGS.providers != "cpu" and cuda_device_count() else {"cpu": "1"})
+                 resources={"gpu": 1} if SETTINGS.uses_gpu() else {"cpu": "1"})
 class SiteNetModels:
     """The ONNX models; sees only featurised crystals."""
 

@@ -4,9 +4,10 @@
 reaches, or fails, a batch. Only featurised tensors go on to the models, in one of two modes
 (``SITENET_BATCHING``): ``adaptive`` (the default with a usable GPU) sends them to ``SiteNetModels``
 (``serving/inference.py``), a separate worker whose ``infer`` is adaptively batched across concurrent
-requests; ``inline`` (the default on CPU) runs the same batched inference (``infer_items``) in the HTTP
-worker on each request's crystals, saving the inter-process hop. Errors have one shape ``{"code", "message", "detail"}`` (``serving/errors.py``). Settings:
-``SITENET_*`` variables (``serving/settings.py``). Run: ``bentoml serve`` at the repository root.
+requests; ``inline`` (the default on CPU) runs the core's own path (``Predictor.predict``: one batched ONNX
+run per request) in the HTTP worker, saving the inter-process hop. Errors have one shape ``{"code",
+"message", "detail"}`` (``serving/errors.py``). Settings: ``SITENET_*`` variables (``serving/settings.py``).
+Run: ``bentoml serve`` at the repository root.
 """
 
 import logging
@@ -25,12 +26,14 @@ from serving.schemas import (BatchItemOut, BatchOut, EmbeddingItemOut, EmbedOut,
 from sitenet.predict import Prediction, Prepared, Rejection
 
 logger = logging.getLogger("sitenet.serving")
-INLINE = SETTINGS.batching_mode() == "inline"
+# resolved once: "auto" asks NVML, and /info reports it on every call
+PLACEMENT = {"batching": SETTINGS.batching_mode(), "http_workers": SETTINGS.worker_count()}
+INLINE = PLACEMENT["batching"] == "inline"
 ROUTES = {"/predict": "multipart", "/predict_files": "multipart", "/embed_files": "multipart",
           "/predict_text": "json", "/predict_batch": "json", "/embed": "json"}
 
 
-@bentoml.service(name="sitenet", workers=SETTINGS.worker_count(), traffic={"timeout": SETTINGS.timeout_s})
+@bentoml.service(name="sitenet", workers=PLACEMENT["http_workers"], traffic={"timeout": SETTINGS.timeout_s})
 class SiteNetService:
     """Band gap (eV), formation energy (eV/atom) and DIM embeddings of crystals given as CIF."""
 
@@ -83,13 +86,13 @@ class SiteNetService:
         info = self.predictor.info() if INLINE else await self.models.info()
         info["limits"] = {"max_request_bytes": SETTINGS.max_request_bytes, "max_cif_bytes": SETTINGS.max_cif_bytes,
                           "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites}
-        info["placement"] = {"batching": SETTINGS.batching_mode(), "http_workers": SETTINGS.worker_count()}
+        info["placement"] = PLACEMENT
         return InfoOut.model_validate(info)
 
     def __is_ready__(self) -> bool:
         return bool(self.predictor.models)
 
-    # --- the one inference path: prepare here (per item), infer there (batched) ----------------------
+    # --- inference: prepare here (per item); run the batch here (inline) or in the model worker -------
     async def _run(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
         if INLINE:  # the core's own path, in one worker thread: prepare each, run the batch, assemble
             return await anyio.to_thread.run_sync(

@@ -75,9 +75,13 @@ class ServiceSettings(BaseModel):
         per-crystal cost does not shrink with batch size, so the hop to a model worker is pure overhead."""
         if self.batching != "auto":
             return self.batching
+        return "adaptive" if self.uses_gpu() else "inline"
+
+    def uses_gpu(self) -> bool:
+        """Whether the models would run on an NVIDIA GPU: CUDA not excluded by ``providers`` and one visible."""
         from sitenet.runtime import cuda_device_count
 
-        return "adaptive" if self.providers != "cpu" and cuda_device_count() else "inline"
+        return self.providers != "cpu" and cuda_device_count() > 0
 
     def worker_count(self) -> int:
         """``workers`` with None resolved (see its description)."""

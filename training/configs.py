@@ -131,14 +131,22 @@ class StudyConfig(_Frozen):
         taken = {"dim", "dim-standard", "dim-matched", "random", "composition"} & set(self.pretrain_variants)
         if taken:
             raise ValueError(f"pretrain_variants may not reuse the names {sorted(taken)}")
-        for overrides in self.pretrain_variants.values():  # fail early on a typo (sections merged in study.py)
-            PretrainConfig.model_validate({**self.pretrain.model_dump(),
-                                           **{k: v for k, v in overrides.items() if not isinstance(v, dict)}})
+        for overrides in self.pretrain_variants.values():  # fail early on a typo, sections included
+            PretrainConfig.model_validate(merged(self.pretrain.model_dump(), overrides))
         return self
 
     def seeds(self, n: int) -> int:
         """How many seeds budget ``n`` gets."""
         return self.seeds_small if n <= 250 else self.seeds_large
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied section by section (``{"trainer": {"max_epochs": 6}}`` keeps the rest
+    of ``trainer``)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 ConfigT = TypeVar("ConfigT", PretrainConfig, FinetuneConfig, StudyConfig)

@@ -24,7 +24,7 @@ import torch
 from sitenet.config import UNITS
 from sitenet.elements import raw_table
 from sitenet.model import SiteNetEncoder, SiteNetRegressor
-from training.configs import PretrainConfig, StudyConfig
+from training.configs import PretrainConfig, StudyConfig, merged
 from training.data import Corpus, load_corpus, loader, make_splits
 from training.evaluate import metrics, predict
 from training.finetune import finetune, load_encoder
@@ -107,15 +107,7 @@ def variant_config(cfg: StudyConfig, name: str, negatives: str = "domain-aware")
                                                 "test_ids": cfg.data.test_ids})
     base = cfg.pretrain.model_copy(update={"negatives": negatives, "data": data,
                                            "output": str(Path(cfg.work) / f"pretrain-{name}")}).model_dump()
-    return PretrainConfig.model_validate(_merged(base, cfg.pretrain_variants.get(name, {})))
-
-
-def _merged(base: dict, overrides: dict) -> dict:
-    """``base`` with ``overrides`` applied section by section (``{"trainer": {"max_epochs": 6}}`` keeps the rest)."""
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return PretrainConfig.model_validate(merged(base, cfg.pretrain_variants.get(name, {})))
 
 
 def _draws(cfg: StudyConfig) -> list[tuple[int, int]]:

@@ -29,7 +29,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -38,6 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(HERE))  # timing.py is shared with peers_worker.py, which runs in the peers' venv
+from timing import timed  # noqa: E402
 #: Materials Project crystals every reader knows, to check each model's outputs by eye (not scored)
 REFERENCE = {"mp-149": "Si", "mp-22862": "NaCl", "mp-2534": "GaAs", "mp-1143": "Al2O3",
              "mp-30": "Cu", "mp-13": "Fe", "mp-81": "Au", "mp-23": "Ni"}
@@ -84,26 +85,16 @@ def select(data: Path, count: int, seed: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ ours
-def _timed(fn, repeats: int) -> tuple[list[float], object]:
-    times, first = [], None
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        first = out if r == 0 else first
-    return times, first
-
-
 def _best(name: str, options: dict, run, cifs: list[str], sweep_n: int, repeats: int) -> dict:
     """Sweep ``options`` on the first crystals, then time the best one over all of them."""
     sweep = {}
     for label, option in options.items():
         run(option, cifs[:8])  # warm-up: lazy imports, and the worker processes of this option start here
-        t, _ = _timed(lambda: run(option, cifs[:sweep_n]), 1)
+        t, _ = timed(lambda: run(option, cifs[:sweep_n]), 1)
         sweep[label] = sweep_n / t[0]
         print(f"{name}: {label}: {sweep[label]:.1f} crystals/s on {sweep_n}", flush=True)
     best = max(sweep, key=sweep.get)
-    times, out = _timed(lambda: run(options[best], cifs), repeats)
+    times, out = timed(lambda: run(options[best], cifs), repeats)
     rate = len(cifs) / statistics.median(times)
     print(f"{name}: {best}: {rate:.1f} crystals/s (median of {repeats} over {len(cifs)})", flush=True)
     return {"sweep_structures_per_s": sweep, "batch_size": best, "seconds": times, "structures_per_s": rate,
@@ -315,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_ref = [r.to_dict() for r in p.predict(sel["reference"]["cifs"])]
     cg_ref = json.loads((work / "reference-out.json").read_text())["engines"]["cgcnn"]["predictions"]
 
-    speed = {**{k: v for k, v in ours.items()}, "cgcnn (3 models)": peers["engines"]["cgcnn"],
+    speed = {**ours, "cgcnn (3 models)": peers["engines"]["cgcnn"],
              "chgnet (energy)": peers["engines"]["chgnet"]}
     onnx, torch_ = ours["sitenet-onnx"]["predictions"], ours["sitenet-pytorch"]["predictions"]
     paired = [(a, b) for a, b in zip(onnx, torch_) if isinstance(a, dict) and isinstance(b, dict)]

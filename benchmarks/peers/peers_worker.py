@@ -17,12 +17,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import timed  # beside this file (the worker runs as a script)
 
 CGCNN_MODELS = {"formation_energy": "formation-energy-per-atom", "band_gap": "band-gap",
                 "metal": "semi-metal-classification"}
@@ -145,16 +145,6 @@ class Chgnet:
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    times, first = [], None
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        first = out if r == 0 else first
-    return times, first
-
-
 def run_engine(name: str, engine, cifs: list[str], batch_sizes: list[int], sweep_n: int, repeats: int) -> dict:
     engine.predict(cifs[:8], batch_sizes[0])  # warm-up: lazy imports, allocator
     sweep = {}
