@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-embedding", action="store_true", help="targets only (2 models instead of 3)")
     parser.add_argument("--output", default=str(RESULTS / "predict_batch"), help="results path without suffix")
+    parser.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="ONNX Runtime providers (cuda: fail unless CUDA really runs)")
+    parser.add_argument("--batch-size", type=int, default=None, help="crystals per ONNX batch (default: Predictor's)")
+    parser.add_argument("--max-pairs", type=int, default=None, help="padded pairs per ONNX batch (default: Predictor's)")
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
 
@@ -56,10 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     n = len(cifs)
     embedding = not args.no_embedding
     threads = 1 if args.workers > 1 else None
-    predictor = Predictor.from_pretrained(threads=threads)
+    predictor = Predictor.from_pretrained(threads=threads, providers=args.providers)
+    predictor.batch_size = args.batch_size or predictor.batch_size
+    predictor.max_pairs = args.max_pairs or predictor.max_pairs
     result: dict = {"command": " ".join(["predict_batch.py", *(argv if argv is not None else sys.argv[1:])]),
                     "data": str(data), "n_cifs": n, "workers": args.workers, "runs": args.runs,
                     "embedding": embedding, "models": {r: f"{m.name}@{m.version}" for r, m in predictor.models.items()},
+                    "providers": {r: m.providers for r, m in predictor.models.items()},
+                    "batch_size": predictor.batch_size, "max_pairs": predictor.max_pairs,
                     "cpu_count": os.cpu_count(), "machine": platform.platform(), "note": args.note}
 
     # stages alone, in this process (after a warm-up: lazy imports and caches)
@@ -91,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     s, e = result["stages_one_process"], result["end_to_end"]
     out_path.with_suffix(".md").write_text(
         f"# Offline batch prediction\n\n`{result['command']}` on {n} CIFs from `{data.name}`, {os.cpu_count()} CPUs "
-        f"({result['machine']}); models {', '.join(result['models'].values())}.\n\n"
+        f"({result['machine']}); models {', '.join(result['models'].values())}; ONNX Runtime providers "
+        f"{sorted({p[0] for p in result['providers'].values()})}, batches of at most {predictor.batch_size} crystals / "
+        f"{predictor.max_pairs} padded pairs.\n\n"
         f"| stage | CIFs/s |\n|---|---|\n"
         f"| end to end, {args.workers} worker(s), predictions{' + embeddings' if embedding else ''} "
         f"(median of {args.runs}) | **{e['cifs_per_s']}** |\n"

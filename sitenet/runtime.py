@@ -142,6 +142,8 @@ class OnnxModel:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         wanted = pick_providers(providers)
+        if any(p[0] == CUDA for p in wanted if isinstance(p, tuple)):
+            _preload_cuda_libraries(ort)
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=wanted)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types  # noqa: BLE001
@@ -198,6 +200,28 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.name!r}, providers={self.providers})"
+
+
+_PRELOADED = False
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load the CUDA and cuDNN libraries that ``onnxruntime-gpu[cuda,cudnn]`` installs as nvidia-* wheels.
+
+    The dynamic loader does not search those wheels' folders, so without this ONNX Runtime falls back to CPU
+    on a machine with no system-wide CUDA (it logs the failure and carries on; ``_load`` then catches the
+    fallback). ``preload_dlls`` (onnxruntime-gpu >= 1.21) finds them, and reuses PyTorch's copies when torch
+    is already imported. Failure is not fatal: a system CUDA on the library path may still serve.
+    """
+    global _PRELOADED
+    preload = getattr(ort, "preload_dlls", None)
+    if _PRELOADED or preload is None:
+        return
+    _PRELOADED = True
+    try:
+        preload()
+    except Exception as err:  # noqa: BLE001 - any failure leaves the system loader to try
+        logger.warning("onnxruntime.preload_dlls failed (%s); relying on the system library path", err)
 
 
 def _declared_outputs(config: Mapping[str, Any]) -> list[str]:
