@@ -3,8 +3,10 @@
 Closed loop (each of C clients sends its next request when the last one returns) at C = 1, 4, 16: latency
 p50/p90/p99 and throughput. Open loop at a fixed aggregate rate (default 200 req/s over 16 connections):
 latency measured from each request's *scheduled* send time, so a stalled server cannot hide its queue
-(no coordinated omission). Every non-200 answer and every connection error is counted. Server RSS (arbiter
-and workers) is read before and after.
+(no coordinated omission). A 503 is the service shedding load as designed: counted as "shed", kept out of
+the latencies and the throughput, and a closed-loop client waits its Retry-After before the next request (as a
+well-behaved client would); every other non-200 answer and every connection error is an error. Server RSS
+(arbiter and workers) is read before and after every phase.
 
 The client is a small asyncio HTTP/1.1 client over raw sockets (no per-request client overhead worth
 measuring), so on a shared 2-core machine most of the CPU goes to the server. Requests upload one of the
@@ -54,14 +56,14 @@ def build_requests(host: str, port: int, route: str, cifs: list[Path]) -> list[b
 
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection; ``request`` returns (status, body)."""
+    """One keep-alive HTTP/1.1 connection; ``request`` returns (status, headers, body)."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
+    async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
         try:
@@ -71,7 +73,7 @@ class Connection:
             self.close()
             raise
 
-    async def _response(self) -> tuple[int, bytes]:
+    async def _response(self) -> tuple[int, dict[str, str], bytes]:
         assert self.reader is not None
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -89,7 +91,7 @@ class Connection:
             body = b"".join(p[:-2] for p in parts)
         if headers.get("connection", "").lower() == "close":
             self.close()
-        return status, body
+        return status, headers, body
 
     def close(self) -> None:
         if self.writer is not None:
@@ -101,9 +103,11 @@ async def closed_loop(host: str, port: int, requests: list[bytes], clients: int,
                       timeout: float) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    shed = 0
     stop = time.perf_counter() + duration
 
     async def client(k: int) -> None:
+        nonlocal shed
         conn = Connection(host, port, timeout)
         i = k
         while time.perf_counter() < stop:
@@ -111,9 +115,13 @@ async def closed_loop(host: str, port: int, requests: list[bytes], clients: int,
             i += 1
             t0 = time.perf_counter()
             try:
-                status, body = await conn.request(raw)
+                status, headers, body = await conn.request(raw)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
                 errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
+                continue
+            if status == 503:
+                shed += 1
+                await asyncio.sleep(min(float(headers.get("retry-after", "1")), max(0.0, stop - time.perf_counter())))
                 continue
             latencies.append(time.perf_counter() - t0)
             if status != 200:
@@ -122,7 +130,7 @@ async def closed_loop(host: str, port: int, requests: list[bytes], clients: int,
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(clients)))
-    return _summary(latencies, errors, time.perf_counter() - t0, clients=clients, mode="closed")
+    return _summary(latencies, errors, shed, time.perf_counter() - t0, clients=clients, mode="closed")
 
 
 async def open_loop(host: str, port: int, requests: list[bytes], clients: int, rate: float, duration: float,
@@ -132,10 +140,10 @@ async def open_loop(host: str, port: int, requests: list[bytes], clients: int, r
     errors: dict[str, int] = {}
     start = time.perf_counter() + 0.05
     per_client = rate / clients
-    not_sent = 0
+    not_sent = shed = 0
 
     async def client(k: int) -> None:
-        nonlocal not_sent
+        nonlocal not_sent, shed
         conn = Connection(host, port, timeout)
         n = 0
         while True:
@@ -151,9 +159,12 @@ async def open_loop(host: str, port: int, requests: list[bytes], clients: int, r
             raw = requests[(n * clients + k) % len(requests)]
             n += 1
             try:
-                status, _ = await conn.request(raw)
+                status, _, _ = await conn.request(raw)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
                 errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
+                continue
+            if status == 503:
+                shed += 1
                 continue
             latencies.append(time.perf_counter() - scheduled)
             if status != 200:
@@ -161,19 +172,20 @@ async def open_loop(host: str, port: int, requests: list[bytes], clients: int, r
         conn.close()
 
     await asyncio.gather(*(client(k) for k in range(clients)))
-    result = _summary(latencies, errors, time.perf_counter() - start, clients=clients, mode="open")
+    result = _summary(latencies, errors, shed, time.perf_counter() - start, clients=clients, mode="open")
     result["offered_rps"] = rate
     result["not_sent"] = not_sent
     return result
 
 
-def _summary(latencies: list[float], errors: dict[str, int], elapsed: float, *, clients: int, mode: str) -> dict:
+def _summary(latencies: list[float], errors: dict[str, int], shed: int, elapsed: float, *, clients: int,
+             mode: str) -> dict:
     ms = np.asarray(latencies) * 1e3
     pct = (lambda q: round(float(np.percentile(ms, q)), 2)) if len(ms) else (lambda q: None)
     return {"mode": mode, "clients": clients, "requests": len(ms), "seconds": round(elapsed, 2),
             "throughput_rps": round(len(ms) / elapsed, 1) if elapsed else 0.0,
             "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100),
-            "errors": sum(errors.values()), "errors_by_kind": errors}
+            "shed": shed, "errors": sum(errors.values()), "errors_by_kind": errors}
 
 
 def _free_port() -> int:
@@ -286,12 +298,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(r: dict) -> str:
-    rows = ["| mode | clients | offered req/s | requests | throughput req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-            "| not sent | server RSS after, MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| mode | clients | offered req/s | requests | throughput req/s | p50 ms | p90 ms | p99 ms | max ms "
+            "| shed (503) | errors | not sent | server RSS after, MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in r["phases"]:
         rows.append(f"| {p['mode']} | {p['clients']} | {p.get('offered_rps', '-')} | {p['requests']} | "
                     f"{p['throughput_rps']} | {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {p['max_ms']} | "
-                    f"{p['errors']} {p['errors_by_kind'] or ''} | {p.get('not_sent', '-')} | {p.get('rss_mb', '-')} |")
+                    f"{p.get('shed', '-')} | {p['errors']} {p['errors_by_kind'] or ''} | {p.get('not_sent', '-')} | "
+                    f"{p.get('rss_mb', '-')} |")
     rss = lambda x: x["total_mb"] if x else "n/a"  # noqa: E731
     return (f"# Service load test\n\n`{r['command']}` — {r['duration_s']} s per phase, `POST {r['route']}` with "
             f"{', '.join(r['cifs'])}, {r['cpu_count']} CPUs ({r['machine']}).\n\n" + "\n".join(rows) +

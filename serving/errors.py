@@ -47,6 +47,13 @@ def error_response(status: int, code: str, message: str, detail: Any = None) -> 
     return JSONResponse(error_body(code, message, detail), status_code=status)
 
 
+def overloaded_response(message: str, retry_after_s: int, detail: Any = None) -> JSONResponse:
+    """503 ``overloaded``: come back in ``retry_after_s`` seconds. Not logged one by one: under overload that
+    would be hundreds of lines a second just when the CPU has least to spare (/metrics counts them)."""
+    return JSONResponse(error_body("overloaded", message, {**(detail or {}), "retry_after_s": retry_after_s}),
+                        status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+
 def rejection_out(rejection: Rejection) -> ErrorOut:
     """A per-item error (batch entries)."""
     return ErrorOut(code=rejection.code, message=rejection.message, detail=_jsonable(rejection.detail))
@@ -89,7 +96,7 @@ class RequestGuard:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
-            receive = _replay(body)
+            receive = _replay(body, receive)
         await self.app(scope, receive, _reshaping(send, scope))
 
     async def _check(self, scope: Scope, receive: Receive, kind: str) -> tuple[JSONResponse | None, bytes]:
@@ -131,17 +138,19 @@ def _too_large(size: int, limit: int) -> JSONResponse:
                           f"limit of {limit}", {"bytes": size, "max": limit})
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read by the guard, then the server's own messages, so a client's disconnect still shows (the
+    admission queue drops a waiting request whose client has gone)."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 def _reshaping(send: Send, scope: Scope) -> Send:

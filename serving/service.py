@@ -6,20 +6,27 @@ reaches, or fails, a batch. Only featurised tensors go on to the models, in one 
 (``serving/inference.py``), a separate worker whose ``infer`` is adaptively batched across concurrent
 requests; ``inline`` (the default on CPU) runs the core's own path (``Predictor.predict``: one batched ONNX
 run per request) in the HTTP worker, saving the inter-process hop. Errors have one shape ``{"code",
-"message", "detail"}`` (``serving/errors.py``). Settings: ``SITENET_*`` variables (``serving/settings.py``).
-Run: ``bentoml serve`` at the repository root.
+"message", "detail"}`` (``serving/errors.py``). Under overload each HTTP worker works on a bounded number of
+requests, lets a few wait and answers the rest 503 ``overloaded`` with Retry-After (``serving/admission.py``);
+the CPU work runs in a few threads per worker (``SITENET_MODEL_THREADS``), not one per request. Settings:
+``SITENET_*`` variables (``serving/settings.py``). Run: ``bentoml serve`` at the repository root.
 """
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
+from starlette.responses import JSONResponse
 
-from serving.errors import RequestGuard, error_response, rejection_out, rejection_response
+from serving.admission import Admission
+from serving.errors import (RequestGuard, error_response, overloaded_response, rejection_out,
+                            rejection_response)
 from serving.inference import SETTINGS, SiteNetModels, load_predictor
 from serving.schemas import (BatchItemOut, BatchOut, EmbeddingItemOut, EmbedOut, InferItem, InferOut, InfoOut,
                              PredictionOut, PredictOptions)
@@ -28,6 +35,9 @@ from sitenet.predict import Prediction, Prepared, Rejection
 logger = logging.getLogger("sitenet.serving")
 # resolved once: "auto" asks NVML, and /info reports it on every call
 PLACEMENT = {"batching": SETTINGS.batching_mode(), "http_workers": SETTINGS.worker_count()}
+# per HTTP worker; /info reports them with the request limits
+OVERLOAD_LIMITS = {"max_concurrency": SETTINGS.concurrency_limit(), "max_queue": SETTINGS.queue_limit(),
+                   "queue_timeout_s": SETTINGS.queue_timeout_s, "model_threads": SETTINGS.thread_count()}
 INLINE = PLACEMENT["batching"] == "inline"
 ROUTES = {"/predict": "multipart", "/predict_files": "multipart", "/embed_files": "multipart",
           "/predict_text": "json", "/predict_batch": "json", "/embed": "json"}
@@ -43,6 +53,8 @@ class SiteNetService:
     def __init__(self) -> None:
         # adaptive: featurisation only here, the model worker runs the graphs
         self.predictor = load_predictor(load=INLINE)
+        # anyio's default limiter would run up to 40 requests' CPU work at once on a worker's share of the cores
+        self.threads = anyio.CapacityLimiter(SETTINGS.thread_count())
         if INLINE:
             logger.info("models ready (inline): %s", {r: m.providers for r, m in self.predictor.models.items()})
         else:
@@ -85,7 +97,7 @@ class SiteNetService:
         """Models (names, sha256, versions), execution providers in use, units and request limits."""
         info = self.predictor.info() if INLINE else await self.models.info()
         info["limits"] = {"max_request_bytes": SETTINGS.max_request_bytes, "max_cif_bytes": SETTINGS.max_cif_bytes,
-                          "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites}
+                          "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites, **OVERLOAD_LIMITS}
         info["placement"] = PLACEMENT
         return InfoOut.model_validate(info)
 
@@ -96,8 +108,10 @@ class SiteNetService:
     async def _run(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
         if INLINE:  # the core's own path, in one worker thread: prepare each, run the batch, assemble
             return await anyio.to_thread.run_sync(
-                lambda: self.predictor.predict(sources, targets=targets, return_embedding=embedding))
-        prepared = await anyio.to_thread.run_sync(lambda: [self.predictor.prepare(s) for s in sources])
+                lambda: self.predictor.predict(sources, targets=targets, return_embedding=embedding),
+                limiter=self.threads)
+        prepared = await anyio.to_thread.run_sync(lambda: [self.predictor.prepare(s) for s in sources],
+                                                  limiter=self.threads)
         ready = [(k, p) for k, p in enumerate(prepared) if isinstance(p, Prepared)]
         items = [InferItem(atomic_numbers=p.features.atomic_numbers, distance=p.features.distance,
                            images=p.features.images, targets=targets, embedding=embedding) for _, p in ready]
@@ -115,6 +129,8 @@ class SiteNetService:
         for attempt in range(3):  # the call is idempotent; see _keep_sessions for why connections drop
             try:
                 return await self.models.infer(items)
+            except ServiceUnavailable as err:  # the batcher's queue would exceed max_latency_ms: it shed this one
+                raise _ModelsOverloaded from err
             except aiohttp.ClientConnectionError as err:
                 if attempt == 2:
                     raise
@@ -133,18 +149,31 @@ class SiteNetService:
             return error_response(400, "target_unavailable", str(err), {"available": list(self.predictor.targets)})
         return None
 
-    async def _one(self, source: bytes, options: PredictOptions) -> Any:
-        refusal = self._check([source], list(options.targets), options.return_embedding)
+    async def _results(self, sources: list[bytes], targets: list[str],
+                       embedding: bool) -> list[Prediction | Rejection] | JSONResponse:
+        """Per-item results, or the whole request's error response."""
+        refusal = self._check(sources, targets, embedding)
         if refusal is not None:
             return refusal
-        (result,) = await self._run([source], list(options.targets), options.return_embedding)
+        try:
+            return await self._run(sources, targets, embedding)
+        except _ModelsOverloaded:
+            retry = max(1, math.ceil(SETTINGS.max_latency_ms / 1000))  # the wait the batcher refused to exceed
+            return overloaded_response("the model worker is overloaded (its queue would exceed the latency budget "
+                                       f"of {SETTINGS.max_latency_ms} ms); retry later", retry,
+                                       {"reason": "model_queue_full", "max_latency_ms": SETTINGS.max_latency_ms})
+
+    async def _one(self, source: bytes, options: PredictOptions) -> Any:
+        results = await self._results([source], list(options.targets), options.return_embedding)
+        if isinstance(results, JSONResponse):
+            return results
+        (result,) = results
         return rejection_response(result) if isinstance(result, Rejection) else PredictionOut(**_fields(result))
 
     async def _many(self, sources: list[bytes], options: PredictOptions) -> Any:
-        refusal = self._check(sources, list(options.targets), options.return_embedding)
-        if refusal is not None:
-            return refusal
-        results = await self._run(sources, list(options.targets), options.return_embedding)
+        results = await self._results(sources, list(options.targets), options.return_embedding)
+        if isinstance(results, JSONResponse):
+            return results
         entries = [BatchItemOut(index=r.index, error=rejection_out(r) if isinstance(r, Rejection) else None,
                                 prediction=PredictionOut(**_fields(r)) if isinstance(r, Prediction) else None)
                    for r in results]
@@ -152,15 +181,18 @@ class SiteNetService:
         return BatchOut(results=entries, n_ok=n_ok, n_failed=len(entries) - n_ok)
 
     async def _embed(self, sources: list[bytes]) -> Any:
-        refusal = self._check(sources, [], True)
-        if refusal is not None:
-            return refusal
-        results = await self._run(sources, [], True)
+        results = await self._results(sources, [], True)
+        if isinstance(results, JSONResponse):
+            return results
         entries = [EmbeddingItemOut(index=r.index, error=rejection_out(r)) if isinstance(r, Rejection) else
                    EmbeddingItemOut(index=r.index, formula=r.formula, n_sites=r.n_sites, embedding=r.embedding)
                    for r in results]
         encoder = self.predictor.models["encoder"]
         return EmbedOut(results=entries, model=f"{encoder.name}@{encoder.version}")
+
+
+class _ModelsOverloaded(Exception):
+    """The model worker's adaptive batcher refused the items (BentoML's 503)."""
 
 
 def _keep_sessions(proxy: Any) -> None:
@@ -176,4 +208,7 @@ def _fields(prediction: Prediction) -> dict[str, Any]:
     return {k: v for k, v in prediction.to_dict().items() if k != "index"}
 
 
+# the first added is the outer one: the guard reads and checks the body, then admission bounds the work
 SiteNetService.add_asgi_middleware(RequestGuard, max_request_bytes=SETTINGS.max_request_bytes, routes=ROUTES)
+SiteNetService.add_asgi_middleware(Admission, limit=SETTINGS.concurrency_limit(), queue=SETTINGS.queue_limit(),
+                                   queue_timeout_s=SETTINGS.queue_timeout_s, routes=ROUTES)

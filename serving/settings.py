@@ -14,6 +14,10 @@
     SITENET_MAX_LATENCY_MS        adaptive batching: latency budget before the batcher sheds load (503)
     SITENET_WORKERS               HTTP worker processes (parsing, featurisation; the models too when inline)
     SITENET_TIMEOUT_S             request timeout
+    SITENET_MAX_CONCURRENCY       prediction requests worked on at once per HTTP worker (see ``concurrency_limit``)
+    SITENET_MAX_QUEUE             requests waiting for a slot per HTTP worker; beyond it 503 ``overloaded`` at once
+    SITENET_QUEUE_TIMEOUT_S       longest wait for a slot; a request that waited this long gets 503, not a late answer
+    SITENET_MODEL_THREADS         threads per HTTP worker that featurise and (inline) run the models
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sitenet.predict import DEFAULT_MODELS
 from sitenet.structure import DEFAULT_MAX_BYTES, DEFAULT_MAX_SITES
@@ -54,6 +58,22 @@ class ServiceSettings(BaseModel):
     workers: int | None = Field(None, ge=1, le=64, description="HTTP worker processes; None: one per CPU core "
                                 "with inline batching (each runs the models), one with adaptive batching")
     timeout_s: int = Field(60, ge=1, description="request timeout, s")
+    max_concurrency: int | None = Field(None, ge=1, le=4096, description="prediction requests worked on at once "
+                                        "per HTTP worker; None: see concurrency_limit")
+    max_queue: int | None = Field(None, ge=0, le=4096, description="requests that may wait for a slot per HTTP "
+                                  "worker, beyond which 503 at once; None: twice the concurrency limit")
+    queue_timeout_s: float = Field(5.0, gt=0, description="longest wait for a slot, s; then 503 instead of a late "
+                                   "answer")
+    model_threads: int | None = Field(None, ge=1, le=256, description="threads per HTTP worker that featurise and "
+                                      "(inline) run the models; None: the worker's share of the CPU cores")
+
+    @model_validator(mode="after")
+    def _queue_timeout_within_request_timeout(self) -> ServiceSettings:
+        # past timeout_s BentoML answers 504 anyway: a longer queue wait could only end in that
+        if self.queue_timeout_s >= self.timeout_s:
+            raise ValueError(f"queue_timeout_s ({self.queue_timeout_s:g}) must be less than timeout_s "
+                             f"({self.timeout_s})")
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
@@ -88,6 +108,28 @@ class ServiceSettings(BaseModel):
         if self.workers is not None:
             return self.workers
         return max(1, min(len(os.sched_getaffinity(0)), 16)) if self.batching_mode() == "inline" else 1
+
+    def thread_count(self) -> int:
+        """``model_threads`` with None resolved: the worker's share of the cores (over ONNX Runtime's own
+        threads per session when the models run inline), so the workers together never run more CPU-bound
+        threads than there are cores; more would only make each request slower."""
+        if self.model_threads is not None:
+            return self.model_threads
+        per_thread = self.ort_threads if self.batching_mode() == "inline" else 1
+        return max(1, len(os.sched_getaffinity(0)) // (self.worker_count() * per_thread))
+
+    def concurrency_limit(self) -> int:
+        """``max_concurrency`` with None resolved. Inline: 4 per model thread, so that while one request runs
+        in a thread others are being parsed or answered on the event loop (at 16 clients p50 is then about 4
+        requests' work, not 16). Adaptive: one full batch, so the model worker can still batch across
+        requests."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return 4 * self.thread_count() if self.batching_mode() == "inline" else self.max_batch_size
+
+    def queue_limit(self) -> int:
+        """``max_queue`` with None resolved: twice the concurrency limit, a wait of about two requests' time."""
+        return 2 * self.concurrency_limit() if self.max_queue is None else self.max_queue
 
     def model_names(self) -> dict[str, str | None]:
         """Model of each role for ``Predictor.from_pretrained`` ("" / "none": role left out)."""

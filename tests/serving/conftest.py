@@ -15,8 +15,9 @@ import pytest
 
 from tiny_zoo import tiny_zoo  # noqa: F401 (fixture)
 
-#: Limits the tests rely on (small enough to hit cheaply).
+#: Limits the tests rely on (small enough to hit cheaply): one request worked on and one waiting per worker.
 TEST_ENV = {"SITENET_MAX_REQUEST_BYTES": "3000000", "SITENET_MAX_CIFS": "16", "SITENET_PROVIDERS": "auto",
+            "SITENET_MAX_CONCURRENCY": "1", "SITENET_MAX_QUEUE": "1", "SITENET_QUEUE_TIMEOUT_S": "0.5",
             "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
 
 

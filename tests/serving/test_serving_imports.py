@@ -62,6 +62,8 @@ def test_every_setting_is_used() -> None:
 
     folder = Path(serving.settings.__file__).parent
     source = (folder / "service.py").read_text() + (folder / "inference.py").read_text()
+    resolved = {"workers": "worker_count()", "max_concurrency": "concurrency_limit()", "max_queue": "queue_limit()",
+                "model_threads": "thread_count()"}  # read through the method that resolves None
     for name in serving.settings.ServiceSettings.model_fields:
-        used = f"SETTINGS.{name}" in source or name == "workers" and "SETTINGS.worker_count()" in source or (name.endswith("model") or name == "encoder") and "model_names()" in source
+        used = f"SETTINGS.{name}" in source or name in resolved and f"SETTINGS.{resolved[name]}" in source or (name.endswith("model") or name == "encoder") and "model_names()" in source
         assert used, name
