@@ -119,9 +119,15 @@ def primitive_cell(
     Returns:
         (lattice (3, 3), frac_coords (P, 3), atomic_numbers (P,)).
     """
-    lattice = np.asarray(lattice, dtype=float)
-    numbers = np.asarray(atomic_numbers, dtype=np.int64)
-    lattice, frac = niggli_cell(lattice, frac_coords)
+    return _primitive_of_niggli(niggli_cell(np.asarray(lattice, dtype=float), frac_coords),
+                                np.asarray(atomic_numbers, dtype=np.int64), symprec=symprec)
+
+
+def _primitive_of_niggli(
+    niggli: tuple[np.ndarray, np.ndarray], numbers: np.ndarray, *, symprec: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``primitive_cell`` from the crystal's Niggli-reduced (lattice, frac_coords)."""
+    lattice, frac = niggli
     if has_pure_translation(lattice, frac, numbers, symprec=symprec):
         reduced = spglib.standardize_cell((lattice, frac, numbers), to_primitive=True, no_idealize=True,
                                           symprec=symprec)
@@ -177,6 +183,7 @@ def build_supercell(
     *,
     max_atoms: int = 50,
     symprec: float = 1e-2,
+    niggli: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Supercell:
     """Primitive reduction, then the near-orthorhombic supercell of at most ``max_atoms`` sites.
 
@@ -189,8 +196,12 @@ def build_supercell(
         atomic_numbers: (n,) atomic numbers.
         max_atoms: supercell atom cap.
         symprec: spglib symmetry tolerance in Å for the primitive reduction.
+        niggli: ``niggli_cell(lattice, frac_coords)`` if already known (validation computes it).
     """
-    prim_lattice, prim_frac, numbers = primitive_cell(lattice, frac_coords, atomic_numbers, symprec=symprec)
+    if niggli is None:
+        niggli = niggli_cell(np.asarray(lattice, dtype=float), frac_coords)
+    prim_lattice, prim_frac, numbers = _primitive_of_niggli(niggli, np.asarray(atomic_numbers, dtype=np.int64),
+                                                            symprec=symprec)
     matrix, multipliers = supercell_matrix(prim_lattice, len(numbers), max_atoms)
     points = lattice_points(matrix)  # (images, 3)
     inv = np.linalg.inv(matrix)
