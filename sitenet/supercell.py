@@ -7,6 +7,7 @@ Queries then run over the P primitive sites only, keys over all N supercell site
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ import spglib
 #: Lengths are compared after rounding to this many Å digits, so near-ties break the same way for
 #: rotated or permuted copies of one crystal.
 _LENGTH_DECIMALS = 4
-_SHIFTS = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64)
+#: The 27 cells around the origin, where a reduced cell finds every minimum image.
+NEIGHBOUR_SHIFTS = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,15 @@ def min_image_distances(frac_a: np.ndarray, frac_b: np.ndarray, lattice: np.ndar
     diff = frac_b[None, :, :] - frac_a[:, None, :]  # (Pa, Pb, 3)
     diff -= np.round(diff)
     cart = diff @ lattice  # (Pa, Pb, 3)
-    shifts = _SHIFTS @ lattice  # (27, 3)
-    d2 = (cart**2).sum(-1)[..., None] + 2.0 * (cart @ shifts.T) + (shifts**2).sum(-1)  # (Pa, Pb, 27)
-    return np.sqrt(np.maximum(d2.min(-1), 0.0))
+    shifts = NEIGHBOUR_SHIFTS @ lattice  # (27, 3)
+    # (|c|^2 + 2 c.s) + |s|^2, summed in place: the (Pa, Pb, 27) array is the cost for large cells
+    d2 = cart @ shifts.T  # (Pa, Pb, 27)
+    d2 *= 2.0
+    d2 += (cart**2).sum(-1)[..., None]
+    d2 += (shifts**2).sum(-1)
+    d2 = d2.min(-1)
+    np.maximum(d2, 0.0, out=d2)
+    return np.sqrt(d2, out=d2)
 
 
 def niggli_cell(lattice: np.ndarray, frac_coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +153,7 @@ def supercell_matrix(lattice: np.ndarray, n_primitive: int, max_atoms: int) -> t
     has orthogonal rows of lengths ``|R_kk|``. Grow the shortest axis while ``P * m1 * m2 * m3 <= max_atoms``,
     then ``M = round(diag(m) S)``, whose determinant is exactly ``m1 * m2 * m3``.
     """
-    r, _ = scipy.linalg.rq(np.asarray(lattice, dtype=float))
+    r = scipy.linalg.rq(np.asarray(lattice, dtype=float), mode="r")
     r_inv = np.linalg.inv(r)
     s = r_inv / np.diag(r_inv)[:, None]
     lengths = np.abs(np.diag(r))
@@ -162,7 +170,16 @@ def supercell_matrix(lattice: np.ndarray, n_primitive: int, max_atoms: int) -> t
 
 
 def lattice_points(matrix: np.ndarray) -> np.ndarray:
-    """Integer translations of the primitive lattice inside the supercell ``matrix``, (det, 3), zero first."""
+    """Integer translations of the primitive lattice inside the supercell ``matrix``, (det, 3), zero first.
+
+    Read-only: it is cached per matrix, since few distinct supercell matrices occur.
+    """
+    return _lattice_points(tuple(int(v) for v in np.asarray(matrix).ravel()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _lattice_points(entries: tuple[int, ...]) -> np.ndarray:
+    matrix = np.array(entries, dtype=np.int64).reshape(3, 3)
     det = int(round(abs(np.linalg.det(matrix))))
     corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]) @ matrix
     lo, hi = corners.min(0), corners.max(0)
@@ -173,7 +190,9 @@ def lattice_points(matrix: np.ndarray) -> np.ndarray:
     if len(points) != det:  # pragma: no cover - would mean a bug in the enumeration above
         raise RuntimeError(f"found {len(points)} lattice points for a supercell of determinant {det}")
     order = np.lexsort((np.abs(points).sum(1),))  # (0, 0, 0) first: image 0 is the primitive site itself
-    return points[order]
+    points = points[order]
+    points.setflags(write=False)
+    return points
 
 
 def build_supercell(
