@@ -98,20 +98,27 @@ def has_pure_translation(
     numbers = np.asarray(atomic_numbers)
     species, counts = np.unique(numbers, return_counts=True)
     rare = np.flatnonzero(numbers == species[np.argmin(counts)])
+    if len(rare) < 2:
+        return False
+    rare_frac = frac_coords[rare]
+    shifts = rare_frac[1:] - rare_frac[0]  # (K, 3) candidate translations
 
-    def maps_onto_itself(subset: np.ndarray, shift: np.ndarray) -> bool:
+    def close(diff: np.ndarray) -> np.ndarray:
         # In a reduced cell a match within symprec is found by rounding the fractional difference.
-        diff = frac_coords[subset][:, None, :] + shift - frac_coords[None, :, :]  # (k, n, 3)
         diff -= np.round(diff)
-        close = np.einsum("knj,jl->knl", diff, lattice)
-        close = (close**2).sum(-1) < symprec**2  # (k, n)
-        return bool(np.all((close & (numbers[subset][:, None] == numbers[None, :])).any(1)))
+        cart = np.einsum("...j,jl->...l", diff, lattice)
+        return (cart**2).sum(-1) < symprec**2
 
-    for k in rare[1:]:
-        shift = frac_coords[k] - frac_coords[rare[0]]
-        # the rare species alone rejects almost every candidate; only survivors are checked on all atoms
-        if maps_onto_itself(rare, shift) and maps_onto_itself(np.arange(len(numbers)), shift):
-            return True
+    # The rare species alone rejects almost every candidate: all candidates at once (in chunks that bound the
+    # (K, r, r, 3) temporary), then only the survivors against all atoms.
+    chunk = max(1, 250_000 // len(rare) ** 2)
+    for start in range(0, len(shifts), chunk):
+        block = shifts[start:start + chunk]
+        diff = rare_frac[None, :, None, :] + block[:, None, None, :] - rare_frac[None, None, :, :]  # (c, r, r, 3)
+        for shift in block[close(diff).any(-1).all(-1)]:
+            matched = close(frac_coords[:, None, :] + shift - frac_coords[None, :, :])  # (n, n)
+            if np.all((matched & (numbers[:, None] == numbers[None, :])).any(1)):
+                return True
     return False
 
 
