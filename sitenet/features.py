@@ -1,7 +1,7 @@
 """Site-Net input features: per-site element properties and minimum-image pair distances (method.md A.4-A.5).
 
-One featuriser, used by training and serving alike: ``featurize(structure, spec=...)`` turns a validated
-pymatgen ``Structure`` into :class:`CrystalFeatures`; ``pair_features`` expands distances into the pair
+One featuriser, used by training and serving alike: ``featurize(crystal, spec=...)`` turns a validated
+``Crystal`` or pymatgen ``Structure`` into :class:`CrystalFeatures`; ``pair_features`` expands distances into the pair
 channels at batch time, so the on-disk cache holds only raw distances.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sitenet.crystal import Crystal
 from sitenet.elements import PROPERTIES, site_features
 from sitenet.supercell import build_supercell, min_image_distances
 
@@ -98,21 +99,27 @@ class CrystalFeatures:
         return np.repeat(np.arange(self.n_primitive, dtype=np.int64), self.images)
 
 
-def featurize(structure: Any, *, spec: FeatureSpec = FeatureSpec()) -> CrystalFeatures:
-    """Features of one validated structure (see ``sitenet.structure.read_structure``)."""
-    return featurize_arrays(
-        np.asarray(structure.lattice.matrix, dtype=np.float64),
-        np.asarray(structure.frac_coords, dtype=np.float64),
-        np.asarray(structure.atomic_numbers, dtype=np.int64),
-        spec=spec,
-    )
+def featurize(crystal: Any, *, spec: FeatureSpec = FeatureSpec()) -> CrystalFeatures:
+    """Features of one validated crystal: a :class:`~sitenet.crystal.Crystal` (``read_crystal``) or a pymatgen
+    ``Structure`` (``read_structure``)."""
+    if not isinstance(crystal, Crystal):
+        crystal = Crystal.from_structure(crystal)
+    return featurize_arrays(crystal.lattice, crystal.frac_coords, crystal.atomic_numbers, spec=spec,
+                            niggli=crystal.niggli)
 
 
 def featurize_arrays(
-    lattice: np.ndarray, frac_coords: np.ndarray, atomic_numbers: np.ndarray, *, spec: FeatureSpec = FeatureSpec()
+    lattice: np.ndarray,
+    frac_coords: np.ndarray,
+    atomic_numbers: np.ndarray,
+    *,
+    spec: FeatureSpec = FeatureSpec(),
+    niggli: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> CrystalFeatures:
-    """Features from raw arrays: lattice (3, 3) rows in Å, frac_coords (n, 3), atomic_numbers (n,)."""
-    cell = build_supercell(lattice, frac_coords, atomic_numbers, max_atoms=spec.max_atoms, symprec=spec.symprec)
+    """Features from raw arrays: lattice (3, 3) rows in Å, frac_coords (n, 3), atomic_numbers (n,); ``niggli``
+    as in ``sitenet.supercell.build_supercell``."""
+    cell = build_supercell(lattice, frac_coords, atomic_numbers, max_atoms=spec.max_atoms, symprec=spec.symprec,
+                           niggli=niggli)
     first = cell.frac_coords[:: cell.images]  # (P, 3): image 0 of each primitive site
     return CrystalFeatures(
         atomic_numbers=cell.atomic_numbers,

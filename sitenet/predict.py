@@ -21,12 +21,11 @@ from typing import Any, get_args
 import numpy as np
 
 from sitenet.batch import collate
-from sitenet.cif_fast import read_structure_fast
 from sitenet.config import UNITS, RegressorConfig, SiteNetConfig, Target
 from sitenet.errors import FeatureSpecMismatchError, ModelLoadError, SiteNetError
 from sitenet.features import CrystalFeatures, FeatureSpec, featurize
 from sitenet.runtime import OnnxModel, ProviderChoice
-from sitenet.structure import DEFAULT_MAX_BYTES, DEFAULT_MAX_SITES, StructureSource
+from sitenet.structure import DEFAULT_MAX_BYTES, DEFAULT_MAX_SITES, StructureSource, read_crystal
 
 __all__ = ["DEFAULT_MODELS", "Predictor", "Prediction", "Prepared", "Rejection", "predict_main", "size_batches"]
 
@@ -168,11 +167,11 @@ class Predictor:
         """Read, validate and featurise one crystal (CIF text/bytes/path or a Structure); never raises a
         ``SiteNetError``, returns it."""
         try:
-            structure = read_structure_fast(cif, max_sites=self.max_sites, max_bytes=self.max_bytes)
-            features = featurize(structure, spec=self.spec)
+            crystal = read_crystal(cif, max_sites=self.max_sites, max_bytes=self.max_bytes)
+            features = featurize(crystal, spec=self.spec)
         except SiteNetError as err:
             return err
-        return Prepared(features=features, formula=structure.composition.reduced_formula, n_sites=len(structure))
+        return Prepared(features=features, formula=crystal.formula, n_sites=len(crystal))
 
     def roles(self, targets: Iterable[str], return_embedding: bool) -> list[str]:
         """The model roles needed for ``targets`` (+ the encoder for embeddings); ValueError if unavailable."""

@@ -1,32 +1,32 @@
-"""Structure input and validation: the only place that parses CIFs.
+"""Structure input and validation.
 
 ``read_structure`` accepts CIF text, CIF bytes, a path to a CIF, a pymatgen ``Structure`` or an ASE ``Atoms`` and
 returns a validated, ordered pymatgen ``Structure`` or raises a typed :class:`~sitenet.errors.SiteNetError`.
-``read_structures`` does the same per item and never raises for a bad item, so nothing is dropped silently.
+``read_crystal`` does the same but returns plain arrays (:class:`~sitenet.crystal.Crystal`), which is all that
+featurisation needs and much cheaper for a CIF. ``read_structures`` reads many, per item, and never raises for
+a bad item, so nothing is dropped silently. CIFs are parsed by ``sitenet.cif``.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
+from sitenet.cif import parse_cif
+from sitenet.crystal import Crystal
 from sitenet.elements import MAX_Z
-from sitenet.supercell import min_image_distances, niggli_cell
+from sitenet.supercell import NEIGHBOUR_SHIFTS, min_image_distances, niggli_cell
 from sitenet.errors import (
     CifParseError,
-    EmptyInputError,
     EmptyStructureError,
     DisorderedStructureError,
     InputTooLargeError,
     InputTypeError,
     InvalidLatticeError,
-    MultipleBlocksError,
     NonFiniteCoordinatesError,
     OverlappingAtomsError,
     SiteNetError,
@@ -45,8 +45,6 @@ MIN_DISTANCE = 0.5
 MIN_VOLUME_PER_SITE = 0.1
 
 StructureSource = Union[str, bytes, os.PathLike, Any]
-
-_DATA_BLOCK = re.compile(rb"^\s*data_", re.MULTILINE)
 
 
 def read_structure(
@@ -69,30 +67,32 @@ def read_structure(
     Raises:
         SiteNetError: a subclass whose ``code`` names the problem (see ``sitenet.errors``).
     """
-    from pymatgen.core import Structure
+    parsed = _read(source, max_sites=max_sites, max_bytes=max_bytes)
+    if isinstance(parsed, Crystal):
+        validate_crystal(parsed, max_sites=max_sites)
+        return parsed.to_structure()
+    validate_structure(parsed, max_sites=max_sites)
+    return parsed
 
-    if isinstance(source, Structure):
-        structure = source.copy()
-    elif type(source).__name__ == "Atoms" and hasattr(source, "get_cell"):
-        structure = _from_ase(source)
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        structure = _parse_cif(bytes(source), max_bytes=max_bytes, max_sites=max_sites)
-    elif isinstance(source, str):
-        if any(c in source for c in "\n\r") or source.lstrip().startswith("data_") or not source.strip() \
-                or len(source) > 1024:
-            structure = _parse_cif(source.encode("utf-8", errors="surrogateescape"), max_bytes=max_bytes,
-                                   max_sites=max_sites)
-        else:
-            structure = _parse_cif(_read_path(Path(source), max_bytes), max_bytes=max_bytes, max_sites=max_sites)
-    elif isinstance(source, os.PathLike):
-        structure = _parse_cif(_read_path(Path(source), max_bytes), max_bytes=max_bytes, max_sites=max_sites)
-    else:
-        raise InputTypeError(
-            f"cannot read a crystal from {type(source).__name__}; give CIF text, bytes, a path, "
-            "a pymatgen Structure or an ASE Atoms"
-        )
-    validate_structure(structure, max_sites=max_sites)
-    return structure
+
+def read_crystal(
+    source: StructureSource,
+    *,
+    max_sites: int = DEFAULT_MAX_SITES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Crystal:
+    """``read_structure`` without the pymatgen ``Structure``: the same inputs, checks and errors, and the same
+    sites in the same order, as arrays.
+
+    Raises:
+        SiteNetError: exactly as ``read_structure``.
+    """
+    parsed = _read(source, max_sites=max_sites, max_bytes=max_bytes)
+    if isinstance(parsed, Crystal):
+        validate_crystal(parsed, max_sites=max_sites)
+        return parsed
+    validate_structure(parsed, max_sites=max_sites)
+    return Crystal.from_structure(parsed)
 
 
 def read_structures(
@@ -111,6 +111,32 @@ def read_structures(
     return out
 
 
+def _read(source: StructureSource, *, max_sites: int, max_bytes: int) -> "Crystal | Structure":  # noqa: F821
+    """The unvalidated crystal of any accepted source: a Crystal, or a Structure (a copy, for objects)."""
+    from pymatgen.core import Structure
+
+    if isinstance(source, Structure):
+        return source.copy()
+    if type(source).__name__ == "Atoms" and hasattr(source, "get_cell"):
+        return _from_ase(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, str):
+        if any(c in source for c in "\n\r") or source.lstrip().startswith("data_") or not source.strip() \
+                or len(source) > 1024:
+            data = source.encode("utf-8", errors="surrogateescape")
+        else:
+            data = _read_path(Path(source), max_bytes)
+    elif isinstance(source, os.PathLike):
+        data = _read_path(Path(source), max_bytes)
+    else:
+        raise InputTypeError(
+            f"cannot read a crystal from {type(source).__name__}; give CIF text, bytes, a path, "
+            "a pymatgen Structure or an ASE Atoms"
+        )
+    return parse_cif(data, max_bytes=max_bytes, max_sites=max_sites)
+
+
 def validate_structure(structure: "Structure", *, max_sites: int = DEFAULT_MAX_SITES) -> None:  # noqa: F821
     """Raise a typed error if ``structure`` is not an ordered crystal this model can featurise.
 
@@ -118,24 +144,9 @@ def validate_structure(structure: "Structure", *, max_sites: int = DEFAULT_MAX_S
     """
     from pymatgen.core import Element
 
-    n = len(structure)
-    if n == 0:
-        raise EmptyStructureError("the structure has no sites")
-    if n > max_sites:
-        raise TooManySitesError(
-            f"the cell has {n} sites, more than the limit of {max_sites}", detail={"n_sites": n, "max": max_sites}
-        )
     matrix = np.asarray(structure.lattice.matrix, dtype=float)
-    if not np.all(np.isfinite(matrix)):
-        raise InvalidLatticeError("the lattice has non-finite parameters")
-    volume = float(abs(np.linalg.det(matrix)))
-    if not np.isfinite(volume) or volume < MIN_VOLUME_PER_SITE * n:
-        raise InvalidLatticeError(
-            f"the cell volume {volume:.4g} Å^3 is zero or degenerate for {n} sites", detail={"volume": volume}
-        )
     frac = np.asarray(structure.frac_coords, dtype=float)
-    if not np.all(np.isfinite(frac)):
-        raise NonFiniteCoordinatesError("some atomic coordinates are NaN or infinite")
+    _check_cell(len(structure), matrix, frac, max_sites=max_sites)
     if not structure.is_ordered:
         raise DisorderedStructureError(
             "partial occupancy or mixed sites found; only ordered crystals are supported",
@@ -151,22 +162,53 @@ def validate_structure(structure: "Structure", *, max_sites: int = DEFAULT_MAX_S
             too_heavy.append(element.symbol)
     if bad:
         raise UnknownSpeciesError(f"unknown or dummy species: {', '.join(sorted(bad))}", detail={"species": bad})
+    _check_heavy(too_heavy)
+    _check_overlaps(niggli_cell(matrix, frac), lambda i: structure[i].species_string)
+
+
+def validate_crystal(crystal: Crystal, *, max_sites: int = DEFAULT_MAX_SITES) -> None:
+    """``validate_structure`` for a Crystal (whose sites are ordered and real elements by construction)."""
+    _check_cell(len(crystal), crystal.lattice, crystal.frac_coords, max_sites=max_sites)
+    heavy = crystal.atomic_numbers > MAX_Z
+    if heavy.any():
+        _check_heavy(list(dict.fromkeys(s for s, h in zip(crystal.species, heavy) if h)))
+    _check_overlaps(crystal.niggli, crystal.species.__getitem__)
+
+
+def _check_cell(n: int, matrix: np.ndarray, frac: np.ndarray, *, max_sites: int) -> None:
+    if n == 0:
+        raise EmptyStructureError("the structure has no sites")
+    if n > max_sites:
+        raise TooManySitesError(
+            f"the cell has {n} sites, more than the limit of {max_sites}", detail={"n_sites": n, "max": max_sites}
+        )
+    if not np.isfinite(matrix).all():
+        raise InvalidLatticeError("the lattice has non-finite parameters")
+    volume = float(abs(np.linalg.det(matrix)))
+    if not np.isfinite(volume) or volume < MIN_VOLUME_PER_SITE * n:
+        raise InvalidLatticeError(
+            f"the cell volume {volume:.4g} Å^3 is zero or degenerate for {n} sites", detail={"volume": volume}
+        )
+    if not np.isfinite(frac).all():
+        raise NonFiniteCoordinatesError("some atomic coordinates are NaN or infinite")
+
+
+def _check_heavy(too_heavy: list[str]) -> None:
+    """``too_heavy``: element symbols beyond the property table, in order of first appearance."""
     if too_heavy:
         raise UnsupportedElementError(
             f"elements beyond Z={MAX_Z} are not supported: {', '.join(sorted(too_heavy))}",
             detail={"elements": too_heavy},
         )
-    _check_overlaps(structure)
 
 
-def _check_overlaps(structure: "Structure") -> None:  # noqa: F821
+def _check_overlaps(niggli: tuple[np.ndarray, np.ndarray], label: Callable[[int], str]) -> None:
     """Periodic minimum distance between distinct sites, and between a site and its own images.
 
-    Done in the Niggli-reduced cell, where checking the 27 neighbouring cells finds every close pair.
+    Done in the Niggli-reduced cell (``niggli``: lattice, frac_coords), where checking the 27 neighbouring cells
+    finds every close pair. ``label(i)`` names site i in the message.
     """
-    lattice, frac = niggli_cell(np.asarray(structure.lattice.matrix, float), np.asarray(structure.frac_coords, float))
-    dist = min_image_distances(frac, frac, lattice)  # (n, n)
-    np.fill_diagonal(dist, np.inf)
+    lattice, frac = niggli
     shortest_vector = float(np.linalg.norm(lattice, axis=1).min())  # a site against its own image
     if shortest_vector < MIN_DISTANCE:
         raise OverlappingAtomsError(
@@ -174,14 +216,38 @@ def _check_overlaps(structure: "Structure") -> None:  # noqa: F821
             f"image (closer than {MIN_DISTANCE} Å)",
             detail={"distance": shortest_vector},
         )
-    d_min = float(dist.min()) if len(frac) > 1 else np.inf
+    if len(frac) < 2 or not _may_overlap(lattice, frac):
+        return
+    dist = min_image_distances(frac, frac, lattice)  # (n, n)
+    np.fill_diagonal(dist, np.inf)
+    d_min = float(dist.min())
     if d_min < MIN_DISTANCE:
         i, j = np.unravel_index(int(dist.argmin()), dist.shape)
         raise OverlappingAtomsError(
-            f"sites {i} ({structure[int(i)].species_string}) and {j} ({structure[int(j)].species_string}) "
+            f"sites {i} ({label(int(i))}) and {j} ({label(int(j))}) "
             f"are {d_min:.3f} Å apart, closer than {MIN_DISTANCE} Å",
             detail={"sites": [int(i), int(j)], "distance": d_min},
         )
+
+
+def _may_overlap(lattice: np.ndarray, frac: np.ndarray) -> bool:
+    """False only if no two distinct sites are within MIN_DISTANCE, without the (n, n, 27) image search.
+
+    Any image of the wrapped fractional difference f is at least |f_k| * d_k away, d_k being the spacing of
+    the lattice planes normal to reciprocal axis k, so only pairs close in all three |f_k| * d_k are searched.
+    Margins make the answer safe against rounding; a True answer runs the full search as before.
+    """
+    diff = frac[None, :, :] - frac[:, None, :]  # (n, n, 3)
+    diff -= np.round(diff)
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)
+    near = (np.abs(diff) * spacing < MIN_DISTANCE + 1e-6).all(-1)
+    np.fill_diagonal(near, False)
+    if not near.any():
+        return False
+    cart = diff[near] @ lattice  # (pairs, 3)
+    shifts = NEIGHBOUR_SHIFTS @ lattice
+    d2 = ((cart[:, None, :] + shifts[None, :, :]) ** 2).sum(-1).min(-1)
+    return bool(d2.min() < (MIN_DISTANCE + 1e-6) ** 2)
 
 
 def _read_path(path: Path, max_bytes: int) -> bytes:
@@ -200,191 +266,6 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
     if size > max_bytes:
         raise InputTooLargeError(f"{path.name} is {size} bytes, more than the limit of {max_bytes}")
     return path.read_bytes()
-
-
-def _parse_cif(data: bytes, *, max_bytes: int, max_sites: int) -> "Structure":  # noqa: F821
-    """CIF bytes -> Structure. gemmi reads the block first (fast, with line-numbered syntax errors) so that
-    every refusal names its cause; a P1 CIF of ordered sites is then built straight from gemmi's values
-    (pymatgen's parser is the slowest step of inference), anything else goes through pymatgen's parser."""
-    if len(data) > max_bytes:
-        raise InputTooLargeError(
-            f"the CIF is {len(data)} bytes, more than the limit of {max_bytes}", detail={"bytes": len(data)}
-        )
-    if not data.strip():
-        raise EmptyInputError("the CIF is empty")
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (
-        len(data) > 8 and max(data[0::2].count(0), data[1::2].count(0)) > len(data) // 4
-    ):
-        raise CifParseError("the file is UTF-16 encoded; save the CIF as UTF-8 or ASCII text")
-    if b"\x00" in data:
-        raise CifParseError("the input is binary (it contains NUL bytes), not CIF text")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")  # decodes any byte string; CIF 1.1 is ASCII anyway
-    blocks = len(_DATA_BLOCK.findall(data))
-    if blocks == 0:
-        raise CifParseError("no 'data_' block found: this is not a CIF")
-    if blocks > 1:
-        raise MultipleBlocksError(
-            f"the file holds {blocks} data blocks; send one crystal per CIF", detail={"blocks": blocks}
-        )
-    text = text.removeprefix("\ufeff")
-    block = _read_block(text)
-    table = _check_block(block, max_sites=max_sites)
-    fast = _p1_structure(block, table)
-    if fast is not None:
-        return fast
-    return _parse_with_pymatgen(text)
-
-
-def _read_block(text: str) -> Any:
-    import gemmi
-
-    try:
-        document = gemmi.cif.read_string(text)
-    except (RuntimeError, ValueError) as err:
-        raise CifParseError(f"CIF syntax error: {err}") from None
-    if len(document) > 1:
-        raise MultipleBlocksError(
-            f"the file holds {len(document)} data blocks; send one crystal per CIF", detail={"blocks": len(document)}
-        )
-    if len(document) == 0:
-        raise CifParseError("no 'data_' block found: this is not a CIF")
-    return document[0]
-
-
-_CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
-              "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
-_SYMBOL = re.compile(r"^([A-Z][a-z]?)(\d*[+-]|[+-]\d*)?$")
-_MIXED_SYMBOL = re.compile(r"^([A-Z][a-z]?\d*\.\d+){2,}$")
-
-
-def _number(value: str, what: str) -> float:
-    import gemmi
-
-    if value in ("?", "."):
-        raise CifParseError(f"{what} has the unknown value {value!r}")
-    number = gemmi.cif.as_number(value)
-    if np.isnan(number) and value.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity"):
-        raise CifParseError(f"{what} is not a number: {value!r}")
-    if value.strip().lower().lstrip("+-") in ("inf", "infinity"):
-        return float("inf") if not value.strip().startswith("-") else float("-inf")
-    return float(number)
-
-
-def _check_block(block: Any, *, max_sites: int) -> Any:
-    """Cell, atom table, species and occupancies, checked before any parser builds a structure."""
-    cell = []
-    for tag in _CELL_TAGS:
-        value = block.find_value(tag)
-        if value is None:
-            raise CifParseError(f"the CIF has no {tag}: the cell is not defined")
-        cell.append(_number(value, tag))
-    lengths, angles = np.array(cell[:3]), np.array(cell[3:])
-    if not np.all(np.isfinite(cell)):
-        raise InvalidLatticeError(f"the cell parameters are not finite: {cell}")
-    if np.any(lengths <= 0):
-        raise InvalidLatticeError(f"cell lengths must be positive, got {lengths.tolist()} Å")
-    if np.any((angles <= 0) | (angles >= 180)):
-        raise InvalidLatticeError(f"cell angles must lie strictly between 0 and 180 degrees, got {angles.tolist()}")
-    cos = np.cos(np.radians(angles))
-    factor = 1 - (cos**2).sum() + 2 * cos.prod()
-    if factor <= 1e-8:
-        raise InvalidLatticeError(f"the cell angles {angles.tolist()} give a zero or impossible volume")
-    table = block.find("_atom_site_", ["type_symbol", "fract_x", "fract_y", "fract_z", "?occupancy"])
-    if not table.has_column(0):
-        table = block.find("_atom_site_", ["label", "fract_x", "fract_y", "fract_z", "?occupancy"])
-    if table.width() == 0:
-        missing = [t for t in ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
-                   if block.find_value(t) is None and not block.find_loop(t)]
-        raise CifParseError("the CIF has no atoms: no _atom_site loop with "
-                            + (", ".join(missing) if missing else "_atom_site_type_symbol/label and fractional coordinates"))
-    if len(table) == 0:
-        raise CifParseError("the _atom_site loop has no rows: the CIF has no atoms")
-    if len(table) > max_sites:
-        raise TooManySitesError(f"the CIF lists {len(table)} atom sites, more than the limit of {max_sites}",
-                                detail={"n_sites": len(table), "max": max_sites})
-    for k, row in enumerate(table):
-        symbol = row.str(0)
-        if _MIXED_SYMBOL.match(symbol) and not _SYMBOL.match(symbol):
-            raise DisorderedStructureError(f"site {k} is a mixed site {symbol!r}; only ordered crystals are supported")
-        for axis, col in zip("xyz", (1, 2, 3)):
-            v = _number(row[col], f"_atom_site_fract_{axis} of site {k}")
-            if not np.isfinite(v):
-                raise NonFiniteCoordinatesError(f"_atom_site_fract_{axis} of site {k} is {row[col]} (non-finite)")
-        if row.has(4) and row[4] not in ("?", "."):
-            occupancy = _number(row[4], f"_atom_site_occupancy of site {k}")
-            if occupancy < 0:
-                raise CifParseError(f"site {k} has a negative occupancy {occupancy}")
-            if occupancy == 0:
-                raise DisorderedStructureError(f"site {k} has occupancy 0 (a vacancy); only ordered crystals are supported")
-    if len(block.find_loop("_atom_site_type_symbol")):  # labels alone are left to pymatgen to interpret
-        for k, row in enumerate(table):
-            _check_symbol(row.str(0), k)
-    return table
-
-
-def _check_symbol(symbol: str, k: int) -> str:
-    from pymatgen.core import Element
-
-    match = _SYMBOL.match(symbol)
-    if match is None or not Element.is_valid_symbol(match.group(1)):
-        raise UnknownSpeciesError(f"site {k} has the unknown species {symbol!r}", detail={"species": [symbol]})
-    return match.group(1)
-
-
-def _p1_structure(block: Any, table: Any) -> "Structure | None":  # noqa: F821
-    """A Structure built directly from gemmi's values when that is exactly what pymatgen would build: P1
-    (identity symmetry only), explicit type symbols of known elements, full occupancy. None otherwise."""
-    from pymatgen.core import Lattice, Structure
-
-    ops = [op.strip().strip("'\"").replace(" ", "").lower() for tag in
-           ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz") for op in block.find_values(tag)]
-    if ops != ["x,y,z"] or not len(block.find_loop("_atom_site_type_symbol")):
-        return None
-    species, frac = [], np.empty((len(table), 3))
-    for k, row in enumerate(table):
-        match = _SYMBOL.match(row.str(0))
-        if match is None or match.group(2) or (row.has(4) and row[4] not in ("1", "1.0", "1.00", "?", ".")):
-            return None
-        species.append(_check_symbol(row.str(0), k))
-        frac[k] = [float(row[c].split("(")[0]) for c in (1, 2, 3)]
-    # pymatgen rounds coordinates within 1e-4 of 1/3 and 2/3 to the exact value; do the same.
-    for ideal in (1 / 3, 2 / 3):
-        frac[np.abs(frac / ideal - 1) <= 1e-4] = ideal
-    a, b, c, alpha, beta, gamma = (float(block.find_value(t).split("(")[0]) for t in _CELL_TAGS)
-    return Structure(Lattice.from_parameters(a, b, c, alpha, beta, gamma), species, frac)
-
-
-def _parse_with_pymatgen(text: str) -> "Structure":  # noqa: F821
-    from pymatgen.io.cif import CifParser
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            structures = CifParser.from_str(text).parse_structures(primitive=False)
-        except Exception as err:  # noqa: BLE001 - pymatgen raises many types on malformed input
-            reasons = _warning_reasons(caught)
-            message = f"{err}" + (f": {'; '.join(reasons)}" if reasons else "")
-            raise CifParseError(message, detail={"reasons": reasons}) from None
-    if not structures:  # pragma: no cover - pymatgen raises instead
-        raise CifParseError("no structure in the CIF", detail={"reasons": _warning_reasons(caught)})
-    reasons = _warning_reasons(caught)
-    dummy = [r for r in reasons if "is not a valid Element" in r]
-    if dummy:
-        raise UnknownSpeciesError(f"unknown species in the CIF: {'; '.join(dummy)}", detail={"reasons": dummy})
-    return structures[0]
-
-
-def _warning_reasons(caught: Sequence[warnings.WarningMessage]) -> list[str]:
-    """pymatgen reports the real cause of a failed parse only as warnings: keep their first lines."""
-    seen: list[str] = []
-    for w in caught:
-        line = " ".join(str(w.message).split())  # the cause follows pymatgen's first line
-        if line and line not in seen:
-            seen.append(line)
-    return seen
 
 
 def _from_ase(atoms: Any) -> "Structure":  # noqa: F821

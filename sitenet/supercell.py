@@ -7,6 +7,7 @@ Queries then run over the P primitive sites only, keys over all N supercell site
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ import spglib
 #: Lengths are compared after rounding to this many Å digits, so near-ties break the same way for
 #: rotated or permuted copies of one crystal.
 _LENGTH_DECIMALS = 4
-_SHIFTS = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64)
+#: The 27 cells around the origin, where a reduced cell finds every minimum image.
+NEIGHBOUR_SHIFTS = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,15 @@ def min_image_distances(frac_a: np.ndarray, frac_b: np.ndarray, lattice: np.ndar
     diff = frac_b[None, :, :] - frac_a[:, None, :]  # (Pa, Pb, 3)
     diff -= np.round(diff)
     cart = diff @ lattice  # (Pa, Pb, 3)
-    shifts = _SHIFTS @ lattice  # (27, 3)
-    d2 = (cart**2).sum(-1)[..., None] + 2.0 * (cart @ shifts.T) + (shifts**2).sum(-1)  # (Pa, Pb, 27)
-    return np.sqrt(np.maximum(d2.min(-1), 0.0))
+    shifts = NEIGHBOUR_SHIFTS @ lattice  # (27, 3)
+    # (|c|^2 + 2 c.s) + |s|^2, summed in place: the (Pa, Pb, 27) array is the cost for large cells
+    d2 = cart @ shifts.T  # (Pa, Pb, 27)
+    d2 *= 2.0
+    d2 += (cart**2).sum(-1)[..., None]
+    d2 += (shifts**2).sum(-1)
+    d2 = d2.min(-1)
+    np.maximum(d2, 0.0, out=d2)
+    return np.sqrt(d2, out=d2)
 
 
 def niggli_cell(lattice: np.ndarray, frac_coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,20 +98,27 @@ def has_pure_translation(
     numbers = np.asarray(atomic_numbers)
     species, counts = np.unique(numbers, return_counts=True)
     rare = np.flatnonzero(numbers == species[np.argmin(counts)])
+    if len(rare) < 2:
+        return False
+    rare_frac = frac_coords[rare]
+    shifts = rare_frac[1:] - rare_frac[0]  # (K, 3) candidate translations
 
-    def maps_onto_itself(subset: np.ndarray, shift: np.ndarray) -> bool:
+    def close(diff: np.ndarray) -> np.ndarray:
         # In a reduced cell a match within symprec is found by rounding the fractional difference.
-        diff = frac_coords[subset][:, None, :] + shift - frac_coords[None, :, :]  # (k, n, 3)
         diff -= np.round(diff)
-        close = np.einsum("knj,jl->knl", diff, lattice)
-        close = (close**2).sum(-1) < symprec**2  # (k, n)
-        return bool(np.all((close & (numbers[subset][:, None] == numbers[None, :])).any(1)))
+        cart = np.einsum("...j,jl->...l", diff, lattice)
+        return (cart**2).sum(-1) < symprec**2
 
-    for k in rare[1:]:
-        shift = frac_coords[k] - frac_coords[rare[0]]
-        # the rare species alone rejects almost every candidate; only survivors are checked on all atoms
-        if maps_onto_itself(rare, shift) and maps_onto_itself(np.arange(len(numbers)), shift):
-            return True
+    # The rare species alone rejects almost every candidate: all candidates at once (in chunks that bound the
+    # (K, r, r, 3) temporary), then only the survivors against all atoms.
+    chunk = max(1, 250_000 // len(rare) ** 2)
+    for start in range(0, len(shifts), chunk):
+        block = shifts[start:start + chunk]
+        diff = rare_frac[None, :, None, :] + block[:, None, None, :] - rare_frac[None, None, :, :]  # (c, r, r, 3)
+        for shift in block[close(diff).any(-1).all(-1)]:
+            matched = close(frac_coords[:, None, :] + shift - frac_coords[None, :, :])  # (n, n)
+            if np.all((matched & (numbers[:, None] == numbers[None, :])).any(1)):
+                return True
     return False
 
 
@@ -119,9 +134,15 @@ def primitive_cell(
     Returns:
         (lattice (3, 3), frac_coords (P, 3), atomic_numbers (P,)).
     """
-    lattice = np.asarray(lattice, dtype=float)
-    numbers = np.asarray(atomic_numbers, dtype=np.int64)
-    lattice, frac = niggli_cell(lattice, frac_coords)
+    return _primitive_of_niggli(niggli_cell(np.asarray(lattice, dtype=float), frac_coords),
+                                np.asarray(atomic_numbers, dtype=np.int64), symprec=symprec)
+
+
+def _primitive_of_niggli(
+    niggli: tuple[np.ndarray, np.ndarray], numbers: np.ndarray, *, symprec: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``primitive_cell`` from the crystal's Niggli-reduced (lattice, frac_coords)."""
+    lattice, frac = niggli
     if has_pure_translation(lattice, frac, numbers, symprec=symprec):
         reduced = spglib.standardize_cell((lattice, frac, numbers), to_primitive=True, no_idealize=True,
                                           symprec=symprec)
@@ -139,7 +160,7 @@ def supercell_matrix(lattice: np.ndarray, n_primitive: int, max_atoms: int) -> t
     has orthogonal rows of lengths ``|R_kk|``. Grow the shortest axis while ``P * m1 * m2 * m3 <= max_atoms``,
     then ``M = round(diag(m) S)``, whose determinant is exactly ``m1 * m2 * m3``.
     """
-    r, _ = scipy.linalg.rq(np.asarray(lattice, dtype=float))
+    r = scipy.linalg.rq(np.asarray(lattice, dtype=float), mode="r")
     r_inv = np.linalg.inv(r)
     s = r_inv / np.diag(r_inv)[:, None]
     lengths = np.abs(np.diag(r))
@@ -156,7 +177,16 @@ def supercell_matrix(lattice: np.ndarray, n_primitive: int, max_atoms: int) -> t
 
 
 def lattice_points(matrix: np.ndarray) -> np.ndarray:
-    """Integer translations of the primitive lattice inside the supercell ``matrix``, (det, 3), zero first."""
+    """Integer translations of the primitive lattice inside the supercell ``matrix``, (det, 3), zero first.
+
+    Read-only: it is cached per matrix, since few distinct supercell matrices occur.
+    """
+    return _lattice_points(tuple(int(v) for v in np.asarray(matrix).ravel()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _lattice_points(entries: tuple[int, ...]) -> np.ndarray:
+    matrix = np.array(entries, dtype=np.int64).reshape(3, 3)
     det = int(round(abs(np.linalg.det(matrix))))
     corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]) @ matrix
     lo, hi = corners.min(0), corners.max(0)
@@ -167,7 +197,9 @@ def lattice_points(matrix: np.ndarray) -> np.ndarray:
     if len(points) != det:  # pragma: no cover - would mean a bug in the enumeration above
         raise RuntimeError(f"found {len(points)} lattice points for a supercell of determinant {det}")
     order = np.lexsort((np.abs(points).sum(1),))  # (0, 0, 0) first: image 0 is the primitive site itself
-    return points[order]
+    points = points[order]
+    points.setflags(write=False)
+    return points
 
 
 def build_supercell(
@@ -177,6 +209,7 @@ def build_supercell(
     *,
     max_atoms: int = 50,
     symprec: float = 1e-2,
+    niggli: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Supercell:
     """Primitive reduction, then the near-orthorhombic supercell of at most ``max_atoms`` sites.
 
@@ -189,8 +222,12 @@ def build_supercell(
         atomic_numbers: (n,) atomic numbers.
         max_atoms: supercell atom cap.
         symprec: spglib symmetry tolerance in Å for the primitive reduction.
+        niggli: ``niggli_cell(lattice, frac_coords)`` if already known (validation computes it).
     """
-    prim_lattice, prim_frac, numbers = primitive_cell(lattice, frac_coords, atomic_numbers, symprec=symprec)
+    if niggli is None:
+        niggli = niggli_cell(np.asarray(lattice, dtype=float), frac_coords)
+    prim_lattice, prim_frac, numbers = _primitive_of_niggli(niggli, np.asarray(atomic_numbers, dtype=np.int64),
+                                                            symprec=symprec)
     matrix, multipliers = supercell_matrix(prim_lattice, len(numbers), max_atoms)
     points = lattice_points(matrix)  # (images, 3)
     inv = np.linalg.inv(matrix)

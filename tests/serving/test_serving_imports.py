@@ -13,7 +13,7 @@ import pytest
 def test_serving_imports_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
             "import serving.service, serving.inference, serving.schemas, serving.settings, serving.errors\n"
-            "import sitenet.predict, sitenet.runtime, sitenet.cif_fast\n"
+            "import sitenet.predict, sitenet.runtime, sitenet.cif\n"
             "assert sys.modules['torch'] is None\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "BENTOML_DO_NOT_TRACK": "true"})

@@ -1,21 +1,16 @@
-"""sitenet.predict (the one inference path) and sitenet.cif_fast (the fast CIF reader it uses).
-
-The fast reader must give what the core gives: same sites, lattice and order as pymatgen's CifParser on all
-400 sample CIFs (as stored, P1, and symmetrised), and the same error code and message on every file of the
-bad-CIF corpus. The predictor must give what a plain ONNX Runtime session gives on the core's features.
+"""sitenet.predict (the one inference path): the predictor must give what a plain ONNX Runtime session gives
+on the core's features (its ``prepare`` is checked against the pymatgen path in ``test_cif.py``).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sitenet.batch import collate
-from sitenet.cif_fast import parse_cif_arrays, read_structure_fast
 from sitenet.errors import FeatureSpecMismatchError, ModelLoadError, SiteNetError
 from sitenet.features import featurize
 from sitenet.predict import Prediction, Predictor, Rejection, size_batches
@@ -27,80 +22,10 @@ BAD = sorted(p for p in (REPO / "tests" / "data" / "bad_cifs").glob("*__*") if p
 EXAMPLES = sorted((REPO / "examples").glob("*.cif"))
 
 
-def _pymatgen(text: str):
-    from pymatgen.io.cif import CifParser
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return CifParser.from_str(text).parse_structures(primitive=False)[0]
-
-
-def _assert_same_sites(a, b) -> None:
-    assert len(a) == len(b)
-    np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-6)
-    diff = a.frac_coords - b.frac_coords
-    assert np.abs(diff - np.round(diff)).max(initial=0.0) < 1e-6
-    assert [s.species_string for s in a] == [s.species_string for s in b]
-
-
-def _outcome(reader, data: bytes):
-    try:
-        return reader(data)
-    except SiteNetError as err:
-        return (err.code, err.message)
-
-
 @pytest.fixture(scope="module")
 def predictor(tiny_zoo: Path) -> Predictor:
     return Predictor.from_pretrained(tiny_zoo / ENCODER, tiny_zoo / BAND_GAP, tiny_zoo / FORMATION_ENERGY,
                                      providers="cpu", threads=1)
-
-
-# --- the fast CIF reader --------------------------------------------------------------------------------
-def test_fast_reader_matches_pymatgen_on_every_sample_cif(sample_frame) -> None:
-    for cif in sample_frame.cif:
-        arrays = parse_cif_arrays(cif.encode())
-        assert arrays is not None, "an ordinary Materials Project CIF left the fast path"
-        _assert_same_sites(_pymatgen(cif), arrays.to_structure())
-        _assert_same_sites(read_structure(cif), read_structure_fast(cif))
-
-
-def test_fast_reader_matches_the_core_on_symmetrised_cifs(sample_frame) -> None:
-    from pymatgen.io.cif import CifWriter
-
-    fast = 0
-    for cif in sample_frame.cif.iloc[::10]:  # 40 crystals, symmetrised with their space group's operations
-        text = str(CifWriter(_pymatgen(cif), symprec=0.01))
-        arrays = parse_cif_arrays(text.encode())
-        if arrays is not None and arrays.n_ops > 1:
-            fast += 1
-            _assert_same_sites(_pymatgen(text), arrays.to_structure())
-        core, ours = _outcome(read_structure, text), _outcome(read_structure_fast, text)
-        if isinstance(core, tuple) or isinstance(ours, tuple):
-            assert core == ours
-        else:
-            _assert_same_sites(core, ours)
-    assert fast >= 30
-
-
-@pytest.mark.parametrize("path", BAD, ids=lambda p: p.name)
-def test_fast_reader_gives_the_cores_error_on_bad_cifs(path: Path) -> None:
-    data = path.read_bytes()
-    expected = path.name.split("__")[0]
-    core, ours = _outcome(read_structure, data), _outcome(read_structure_fast, data)
-    assert isinstance(ours, tuple) and ours == core
-    assert ours[0] == expected
-
-
-def test_fast_reader_takes_the_same_sources_as_the_core(tmp_path: Path) -> None:
-    cif = EXAMPLES[2]
-    for source in (cif, str(cif), cif.read_bytes(), cif.read_text()):
-        _assert_same_sites(read_structure(source), read_structure_fast(source))
-    structure = read_structure(cif)
-    _assert_same_sites(structure, read_structure_fast(structure))
-    with pytest.raises(SiteNetError) as err:
-        read_structure_fast(tmp_path / "missing.cif")
-    assert err.value.code == "cif_parse_error"
 
 
 # --- the predictor --------------------------------------------------------------------------------------

@@ -312,6 +312,27 @@ def test_object_inputs_are_validated_too() -> None:
     assert refusal(heavy, "Atoms with Am").code == "unsupported_element"
 
 
+@pytest.mark.parametrize("gap", [0.499, 0.501])
+def test_close_pairs_across_cell_faces_of_skewed_cells_are_found(gap: float) -> None:
+    """The overlap check rules pairs out by a lattice-plane bound before its image search: a pair just under
+    0.5 Å through a face, edge or corner of a strongly skewed cell must still be refused, one just over kept."""
+    rng = np.random.default_rng(7)
+    for lattice in (Lattice.from_parameters(3.1, 4.3, 7.9, 61, 118, 73), Lattice.from_parameters(2.6, 2.7, 9.5, 88, 93, 119),
+                    Lattice.hexagonal(2.9, 11.0), Lattice.cubic(4.0)):
+        for _ in range(6):
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            corner = rng.choice([0.0, 1.0], size=3)  # one atom near a cell corner, its partner across the boundary
+            first = lattice.get_cartesian_coords(corner) + 0.05 * rng.normal(size=3)
+            sites = [lattice.get_fractional_coords(first), lattice.get_fractional_coords(first + gap * direction)]
+            structure = Structure(lattice, ["Na", "Cl"], np.mod(sites, 1.0))
+            if gap < 0.5:
+                err = refusal(structure, f"a pair {gap} Å apart")
+                assert err.code == "overlapping_atoms" and err.detail["distance"] == pytest.approx(gap, abs=1e-9)
+            else:
+                assert len(read_structure(structure)) == 2
+
+
 # --- the same crystal through every way in ---------------------------------------------------------------------------
 def test_every_input_kind_gives_the_same_crystal(tmp_path: Path) -> None:
     import ase.io

@@ -1,0 +1,500 @@
+"""The one CIF reader: CIF bytes -> a :class:`~sitenet.crystal.Crystal`, or a pymatgen ``Structure`` when only
+pymatgen's parser can say what the CIF means.
+
+gemmi reads the block first (fast, and its syntax errors carry line numbers), then the cell, atom table,
+species and occupancies are checked so that every refusal names its cause. Two kinds of CIF are then read
+straight from gemmi's values, exactly as pymatgen's ``CifParser(...).parse_structures(primitive=False)``
+would read them (pymatgen's parser costs 3-20 ms a CIF, more than everything else of inference):
+
+- P1 CIFs of ordered sites with explicit type symbols (all of Materials Project's), in the CIF's site order;
+- CIFs with symmetry operations, expanded the way pymatgen does (same 1/3-2/3 snapping, same 1e-4 duplicate
+  tolerance, same electronegativity site order).
+
+Everything else goes to pymatgen: any CIF this reader is not sure to read exactly like pymatgen (non-UTF-8
+or CR line endings, disorder, occupancies other than 1, charges, dummy or noble-gas symbols, missing or
+differently cased tags, magnetic or modulated CIFs, symmetry only by space-group name, rows that coincide
+with another row's image, cells pymatgen would refuse). ``tests/sitenet/test_cif.py`` checks both fast
+readers against pymatgen on the 400-crystal sample (as given and symmetrised).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sitenet.crystal import Crystal
+from sitenet.errors import (
+    CifParseError,
+    DisorderedStructureError,
+    EmptyInputError,
+    InputTooLargeError,
+    InvalidLatticeError,
+    MultipleBlocksError,
+    NonFiniteCoordinatesError,
+    TooManySitesError,
+    UnknownSpeciesError,
+)
+
+__all__ = ["parse_cif"]
+
+_DATA_BLOCK = re.compile(rb"^\s*data_", re.MULTILINE)
+_CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
+              "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+_SYMBOL = re.compile(r"^([A-Z][a-z]?)(\d*[+-]|[+-]\d*)?$")
+_MIXED_SYMBOL = re.compile(r"^([A-Z][a-z]?\d*\.\d+){2,}$")
+#: A decimal number that gemmi's ``as_number`` and Python's ``float`` read alike (ASCII digits only: ``float``
+#: also takes other scripts' digits and underscores, gemmi does not).
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,2})?")
+#: Occupancy values that mean "fully occupied" to the P1 reader.
+_FULL = ("1", "1.0", "1.00", "?", ".")
+
+
+def parse_cif(data: bytes, *, max_bytes: int, max_sites: int) -> "Crystal | Structure":  # noqa: F821
+    """CIF bytes -> a Crystal (read here) or a pymatgen Structure (read by pymatgen), not yet validated.
+
+    Raises:
+        SiteNetError: the input is not one readable CIF of an ordered crystal (see ``sitenet.errors``).
+    """
+    if len(data) > max_bytes:
+        raise InputTooLargeError(
+            f"the CIF is {len(data)} bytes, more than the limit of {max_bytes}", detail={"bytes": len(data)}
+        )
+    if not data.strip():
+        raise EmptyInputError("the CIF is empty")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (
+        len(data) > 8 and max(data[0::2].count(0), data[1::2].count(0)) > len(data) // 4
+    ):
+        raise CifParseError("the file is UTF-16 encoded; save the CIF as UTF-8 or ASCII text")
+    if b"\x00" in data:
+        raise CifParseError("the input is binary (it contains NUL bytes), not CIF text")
+    try:
+        text, utf8 = data.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, utf8 = data.decode("latin-1"), False  # decodes any byte string; CIF 1.1 is ASCII anyway
+    blocks = len(_DATA_BLOCK.findall(data))
+    if blocks == 0:
+        raise CifParseError("no 'data_' block found: this is not a CIF")
+    if blocks > 1:
+        raise MultipleBlocksError(
+            f"the file holds {blocks} data blocks; send one crystal per CIF", detail={"blocks": blocks}
+        )
+    text = text.removeprefix("\ufeff")
+    block = _read_block(text)
+    sites = _check_block(block, max_sites=max_sites)
+    crystal = _p1_crystal(block, sites)
+    if crystal is None and utf8 and b"\r" not in data:
+        crystal = _symmetrised_crystal(block, text, max_sites=max_sites)
+    return crystal if crystal is not None else _parse_with_pymatgen(text)
+
+
+def _read_block(text: str) -> Any:
+    import gemmi
+
+    try:
+        document = gemmi.cif.read_string(text)
+    except (RuntimeError, ValueError) as err:
+        raise CifParseError(f"CIF syntax error: {err}") from None
+    if len(document) > 1:
+        raise MultipleBlocksError(
+            f"the file holds {len(document)} data blocks; send one crystal per CIF", detail={"blocks": len(document)}
+        )
+    if len(document) == 0:
+        raise CifParseError("no 'data_' block found: this is not a CIF")
+    return document[0]
+
+
+# --- checks before any structure is built ----------------------------------------------------------------------
+class _Sites:
+    """The atom table as the checks found it: raw values per column, the symbols, and the coordinates when
+    every one of them is a plain decimal number (None otherwise)."""
+
+    __slots__ = ("table", "symbols", "raw", "coords")
+
+    def __init__(self, table: Any) -> None:
+        import gemmi
+
+        self.table = table
+        self.symbols = [gemmi.cif.as_string(v) for v in table.column(0)]
+        self.raw = [list(table.column(c)) for c in (1, 2, 3)]
+        self.coords = _plain_numbers(self.raw)
+
+
+def _plain_numbers(columns: Sequence[list[str]]) -> np.ndarray | None:
+    """(n, len(columns)) values when every value is a finite plain decimal number, else None."""
+    if not all(all(map(_PLAIN_NUMBER.fullmatch, column)) for column in columns):
+        return None
+    values = np.ascontiguousarray(np.array([list(map(float, column)) for column in columns], dtype=np.float64).T)
+    return values if np.isfinite(values).all() else None
+
+
+def _number(value: str, what: str) -> float:
+    import gemmi
+
+    if value in ("?", "."):
+        raise CifParseError(f"{what} has the unknown value {value!r}")
+    number = gemmi.cif.as_number(value)
+    if np.isnan(number) and value.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity"):
+        raise CifParseError(f"{what} is not a number: {value!r}")
+    if value.strip().lower().lstrip("+-") in ("inf", "infinity"):
+        return float("inf") if not value.strip().startswith("-") else float("-inf")
+    return float(number)
+
+
+def _check_block(block: Any, *, max_sites: int) -> _Sites:
+    """Cell, atom table, species and occupancies, checked before any parser builds a structure."""
+    cell = []
+    for tag in _CELL_TAGS:
+        value = block.find_value(tag)
+        if value is None:
+            raise CifParseError(f"the CIF has no {tag}: the cell is not defined")
+        cell.append(_number(value, tag))
+    lengths, angles = np.array(cell[:3]), np.array(cell[3:])
+    if not np.all(np.isfinite(cell)):
+        raise InvalidLatticeError(f"the cell parameters are not finite: {cell}")
+    if np.any(lengths <= 0):
+        raise InvalidLatticeError(f"cell lengths must be positive, got {lengths.tolist()} Å")
+    if np.any((angles <= 0) | (angles >= 180)):
+        raise InvalidLatticeError(f"cell angles must lie strictly between 0 and 180 degrees, got {angles.tolist()}")
+    cos = np.cos(np.radians(angles))
+    factor = 1 - (cos**2).sum() + 2 * cos.prod()
+    if factor <= 1e-8:
+        raise InvalidLatticeError(f"the cell angles {angles.tolist()} give a zero or impossible volume")
+    table = block.find("_atom_site_", ["type_symbol", "fract_x", "fract_y", "fract_z", "?occupancy"])
+    if not table.has_column(0):
+        table = block.find("_atom_site_", ["label", "fract_x", "fract_y", "fract_z", "?occupancy"])
+    if table.width() == 0:
+        missing = [t for t in ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
+                   if block.find_value(t) is None and not block.find_loop(t)]
+        raise CifParseError("the CIF has no atoms: no _atom_site loop with "
+                            + (", ".join(missing) if missing else "_atom_site_type_symbol/label and fractional coordinates"))
+    if len(table) == 0:
+        raise CifParseError("the _atom_site loop has no rows: the CIF has no atoms")
+    if len(table) > max_sites:
+        raise TooManySitesError(f"the CIF lists {len(table)} atom sites, more than the limit of {max_sites}",
+                                detail={"n_sites": len(table), "max": max_sites})
+    sites = _Sites(table)
+    # The row-by-row checks find the first bad value; all-plain tables (nearly every CIF) are cleared at once.
+    if sites.coords is None or not _plain_occupancies(table) or any(map(_is_mixed, set(sites.symbols))):
+        _check_rows(table)
+    if len(block.find_loop("_atom_site_type_symbol")):  # labels alone are left to pymatgen to interpret
+        if not all(map(_element_of, set(sites.symbols))):
+            for k, symbol in enumerate(sites.symbols):
+                _check_symbol(symbol, k)
+    return sites
+
+
+def _plain_occupancies(table: Any) -> bool:
+    """True if the occupancy column is absent, or each value is unknown or a plain number above zero."""
+    if not table.has_column(4):
+        return True
+    given = [v for v in table.column(4) if v not in ("?", ".")]
+    return all(map(_PLAIN_NUMBER.fullmatch, given)) and all(float(v) > 0 for v in given)
+
+
+def _is_mixed(symbol: str) -> bool:
+    return bool(_MIXED_SYMBOL.match(symbol)) and not _SYMBOL.match(symbol)
+
+
+def _check_rows(table: Any) -> None:
+    """Mixed sites, coordinates and occupancies row by row, raising for the first bad one."""
+    for k, row in enumerate(table):
+        symbol = row.str(0)
+        if _is_mixed(symbol):
+            raise DisorderedStructureError(f"site {k} is a mixed site {symbol!r}; only ordered crystals are supported")
+        for axis, col in zip("xyz", (1, 2, 3)):
+            v = _number(row[col], f"_atom_site_fract_{axis} of site {k}")
+            if not np.isfinite(v):
+                raise NonFiniteCoordinatesError(f"_atom_site_fract_{axis} of site {k} is {row[col]} (non-finite)")
+        if row.has(4) and row[4] not in ("?", "."):
+            occupancy = _number(row[4], f"_atom_site_occupancy of site {k}")
+            if occupancy < 0:
+                raise CifParseError(f"site {k} has a negative occupancy {occupancy}")
+            if occupancy == 0:
+                raise DisorderedStructureError(f"site {k} has occupancy 0 (a vacancy); only ordered crystals are supported")
+
+
+@functools.lru_cache(maxsize=1024)
+def _element_of(symbol: str) -> str | None:
+    """The element of a type symbol (``Fe``, ``Fe2+``, ``O2-``), or None if it is not a known element."""
+    from pymatgen.core import Element
+
+    match = _SYMBOL.match(symbol)
+    if match is None or not Element.is_valid_symbol(match.group(1)):
+        return None
+    return match.group(1)
+
+
+def _check_symbol(symbol: str, k: int) -> str:
+    element = _element_of(symbol)
+    if element is None:
+        raise UnknownSpeciesError(f"site {k} has the unknown species {symbol!r}", detail={"species": [symbol]})
+    return element
+
+
+# --- P1 CIFs -----------------------------------------------------------------------------------------------------
+def _p1_crystal(block: Any, sites: _Sites) -> Crystal | None:
+    """The crystal straight from gemmi's values when that is exactly what pymatgen would build: P1 (identity
+    symmetry only), explicit type symbols of known elements, full occupancy. None otherwise."""
+    from pymatgen.core import Lattice
+
+    ops = [op.strip().strip("'\"").replace(" ", "").lower() for tag in
+           ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz") for op in block.find_values(tag)]
+    if ops != ["x,y,z"] or not len(block.find_loop("_atom_site_type_symbol")):
+        return None
+    table = sites.table
+    if any(_SYMBOL.match(s).group(2) for s in set(sites.symbols)):  # charges: pymatgen makes Species of them
+        return None
+    if table.has_column(4) and not all(v in _FULL for v in table.column(4)):
+        return None
+    species = [_check_symbol(s, k) for k, s in enumerate(sites.symbols)]
+    frac = sites.coords
+    if frac is None:  # uncertainties, e.g. 0.25(1)
+        frac = np.array([[float(v.split("(")[0]) for v in column] for column in sites.raw], dtype=np.float64).T.copy()
+    frac = _snap_thirds(frac)
+    a, b, c, alpha, beta, gamma = (float(block.find_value(t).split("(")[0]) for t in _CELL_TAGS)
+    return Crystal(Lattice.from_parameters(a, b, c, alpha, beta, gamma).matrix, frac, species)
+
+
+# --- CIFs with symmetry operations ---------------------------------------------------------------------------------
+#: pymatgen CifParser defaults: sites closer than this (fractional, per axis) are one site; coordinates
+#: within this relative tolerance of 1/3 or 2/3 are snapped to them.
+SITE_TOLERANCE = 1e-4
+FRAC_TOLERANCE = 1e-4
+#: pymatgen rejects cells thinner than 0.01 Å; leave anything near that to it.
+_MIN_THICKNESS = 0.02
+#: Above this many (image, image) comparisons the duplicate search is left to pymatgen.
+_MAX_PAIRS = 4_000_000
+_SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_symmetry_equiv_pos_as_xyz_",
+               "_space_group_symop_operation_xyz", "_space_group_symop_operation_xyz_")
+_SITE_TAGS = ("_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x", "_atom_site_fract_y",
+              "_atom_site_fract_z")
+_OCCUPANCY_TAG = "_atom_site_occupancy"
+#: Text that sends a CIF to pymatgen: magnetic/modulated CIFs, implicit hydrogens, oxidation states.
+_SLOW_MARKERS = ("magn", "_atom_site_moment", "modulation", "attached_hydrogens", "oxidation_number")
+_ESD = re.compile(r"\(.+\)*")  # pymatgen.io.cif.str2float strips uncertainties with this pattern
+_XYZ = re.compile(r"[\sxyzXYZ0-9+\-*/.,]+")
+_ELEMENT = re.compile(r"[A-Z][a-z]?")
+_SPECIAL = re.compile("|".join(("Hw", "Ow", "Wat", "wat", "OH", "OH2", "NO3")))  # CifParser._parse_symbol
+
+
+def _symmetrised_crystal(block: Any, text: str, *, max_sites: int) -> Crystal | None:
+    """The crystal of a CIF with two or more symmetry operations, expanded as pymatgen would, or None."""
+    lowered = text.lower()
+    if any(marker in lowered for marker in _SLOW_MARKERS):
+        return None
+    try:
+        return _expand_block(block, max_sites=max_sites)
+    except (RuntimeError, ValueError, IndexError, KeyError, OverflowError, ZeroDivisionError):
+        return None  # pymatgen will explain
+
+
+def _esd_number(raw: str | None) -> float | None:
+    """pymatgen's ``str2float`` on an unquoted CIF value; None for anything it would treat specially."""
+    if raw is None or not raw or raw[0] in "'\";" or raw in ("?", "."):
+        return None
+    try:
+        value = float(_ESD.sub("", raw))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _expand_block(block: Any, *, max_sites: int) -> Crystal | None:
+    import gemmi
+
+    ops = _symops(block)
+    if ops is None or len(ops) < 2:
+        return None
+    cell = []
+    for tag in _CELL_TAGS:
+        pair = block.find_pair(tag)
+        if pair is None or pair[0] != tag:  # missing, or cased differently (pymatgen's keys are case-sensitive)
+            return None
+        value = _esd_number(pair[1])
+        if value is None:
+            return None
+        cell.append(value)
+    lattice = _lattice(cell)
+    if lattice is None:
+        return None
+    table = block.find("_atom_site_", [t[len("_atom_site_"):] for t in _SITE_TAGS] + ["?occupancy"])
+    if (not 0 < len(table) <= max_sites or tuple(table.tags)[:5] != _SITE_TAGS
+            or block.find_loop(_SITE_TAGS[0]).get_loop() is None):
+        return None
+    has_occupancy = table.has_column(5)
+    if has_occupancy and tuple(table.tags)[5] != _OCCUPANCY_TAG:
+        return None
+    symbols: list[str] = []
+    coords = np.empty((len(table), 3), dtype=np.float64)
+    for k, row in enumerate(table):
+        symbol = gemmi.cif.as_string(row[1])
+        if not _plain_element(symbol):
+            return None
+        if has_occupancy and _esd_number(row[5]) != 1.0:
+            return None
+        for axis in range(3):
+            value = _esd_number(row[2 + axis])
+            if value is None:
+                return None
+            coords[k, axis] = value
+        symbols.append(symbol)
+    return _expand(lattice, symbols, _snap_thirds(coords), ops)
+
+
+def _lattice(cell: list[float]) -> np.ndarray | None:
+    from pymatgen.core import Lattice
+
+    lengths, angles = np.array(cell[:3]), np.array(cell[3:])
+    cos = np.cos(np.radians(angles))
+    if np.any(lengths <= 0) or np.any((angles <= 0) | (angles >= 180)) or 1 - (cos**2).sum() + 2 * cos.prod() <= 1e-6:
+        return None  # the checks above refuse these cells; pymatgen may say more
+    matrix = Lattice.from_parameters(*cell).matrix
+    if not np.all(np.isfinite(matrix)):
+        return None
+    volume = abs(float(np.linalg.det(matrix)))
+    if not math.isfinite(volume) or volume < 1e-6:
+        return None
+    thickness = 1.0 / np.linalg.norm(np.linalg.inv(matrix), axis=0)  # d(100), d(010), d(001)
+    return matrix if float(thickness.min()) >= _MIN_THICKNESS else None
+
+
+def _symops(block: Any) -> np.ndarray | None:
+    """(K, 4, 4) affine matrices parsed by pymatgen's own ``SymmOp.from_xyz_str`` (cached per op list)."""
+    import gemmi
+
+    for tag in _SYMOP_TAGS:
+        column = block.find_values(tag)
+        if len(column) == 0:
+            continue
+        if column.get_loop() is not None:
+            if column.tag != tag:
+                return None
+        else:
+            pair = block.find_pair(tag)
+            if pair is None or pair[0] != tag:
+                return None
+        xyz = tuple(gemmi.cif.as_string(v) for v in column)
+        if not all(_XYZ.fullmatch(op) and op.count(",") == 2 for op in xyz):
+            return None
+        return _parse_ops(xyz)
+    return None  # symmetry only from a space-group name or number: pymatgen's tables decide
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_ops(xyz: tuple[str, ...]) -> np.ndarray:
+    from pymatgen.core.operations import SymmOp
+
+    return np.stack([SymmOp.from_xyz_str(s).affine_matrix for s in xyz])
+
+
+def _plain_element(symbol: str) -> bool:
+    """A bare element symbol that CifParser reads as itself, with a defined electronegativity (site order)."""
+    if not _ELEMENT.fullmatch(symbol) or _SPECIAL.match(symbol):
+        return False
+    return _electronegativity(symbol) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _electronegativity(symbol: str) -> float | None:
+    from pymatgen.core import Element
+
+    if not Element.is_valid_symbol(symbol):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = Element(symbol).X
+    return float(x) if math.isfinite(x) else None
+
+
+def _snap_thirds(coords: np.ndarray) -> np.ndarray:
+    """CifParser._sanitize_data: values within FRAC_TOLERANCE (relative) of 1/3 or 2/3 become exactly that."""
+    out = coords.copy()
+    for ideal in (1 / 3, 2 / 3):
+        out[np.abs(coords / ideal - 1.0) <= FRAC_TOLERANCE] = ideal
+    return out
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) bool: periodic per-axis distance below SITE_TOLERANCE (pymatgen's in_coord_list_pbc)."""
+    diff = a[:, None, :] - b[None, :, :]
+    return np.all(np.abs(diff - np.round(diff)) < SITE_TOLERANCE, axis=-1)
+
+
+def _expand(lattice: np.ndarray, symbols: list[str], coords: np.ndarray, ops: np.ndarray) -> Crystal | None:
+    n, k = len(coords), len(ops)
+    if n * n * k > _MAX_PAIRS:
+        return None
+    homogeneous = np.concatenate([coords, np.ones((n, 1))], axis=1)  # (n, 4)
+    images = np.einsum("kij,nj->nki", ops, homogeneous)[:, :, :3]  # (n, K, 3): SymmOp.operate per row and op
+    # CifParser merges a row into an earlier row when one of its images lands on that row: disorder or a
+    # duplicate, both for pymatgen to judge.
+    if n > 1:
+        hits = _close(images.reshape(n * k, 3), coords).reshape(n, k, n).any(axis=1)  # (n, n)
+        if np.any(np.tril(hits, -1)):
+            return None
+    images -= np.floor(images)
+    by_element: dict[str, np.ndarray] = {}
+    for symbol in dict.fromkeys(symbols):
+        rows = [r for r, s in enumerate(symbols) if s == symbol]
+        unique = _unique_images(images[rows].reshape(len(rows) * k, 3), np.repeat(np.arange(len(rows)), k))
+        if unique is None:
+            return None
+        by_element[symbol] = unique
+    order = sorted(by_element, key=lambda s: (_electronegativity(s), s))  # Structure.get_sorted_structure
+    species = [s for s in order for _ in range(len(by_element[s]))]
+    return Crystal(lattice, np.concatenate([by_element[s] for s in order]), species)
+
+
+def _unique_images(images: np.ndarray, row: np.ndarray) -> np.ndarray | None:
+    """CifParser._unique_coords for one element: keep an image unless it is within tolerance of a kept one.
+
+    Images of one row that coincide (special positions) collapse exactly as in pymatgen. If images of two
+    different rows coincide, or closeness is not transitive, the answer depends on pymatgen's order of
+    operations, so None hands the CIF to pymatgen.
+    """
+    m = len(images)
+    close = np.tril(_close(images, images), -1)  # close[i, j], j < i
+    earlier = close.any(axis=1)
+    keep = ~earlier
+    if np.any(close & (row[:, None] != row[None, :])):
+        return None
+    if not np.all((close[earlier] & keep[None, :]).any(axis=1)):
+        return None
+    return images[keep] if m else images
+
+
+# --- everything else ------------------------------------------------------------------------------------------------
+def _parse_with_pymatgen(text: str) -> "Structure":  # noqa: F821
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            structures = CifParser.from_str(text).parse_structures(primitive=False)
+        except Exception as err:  # noqa: BLE001 - pymatgen raises many types on malformed input
+            reasons = _warning_reasons(caught)
+            message = f"{err}" + (f": {'; '.join(reasons)}" if reasons else "")
+            raise CifParseError(message, detail={"reasons": reasons}) from None
+    if not structures:  # pragma: no cover - pymatgen raises instead
+        raise CifParseError("no structure in the CIF", detail={"reasons": _warning_reasons(caught)})
+    reasons = _warning_reasons(caught)
+    dummy = [r for r in reasons if "is not a valid Element" in r]
+    if dummy:
+        raise UnknownSpeciesError(f"unknown species in the CIF: {'; '.join(dummy)}", detail={"reasons": dummy})
+    return structures[0]
+
+
+def _warning_reasons(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """pymatgen reports the real cause of a failed parse only as warnings: keep their first lines."""
+    seen: list[str] = []
+    for w in caught:
+        line = " ".join(str(w.message).split())  # the cause follows pymatgen's first line
+        if line and line not in seen:
+            seen.append(line)
+    return seen
