@@ -90,6 +90,25 @@ def test_bundled_model_pinned_outputs_on_three_real_cifs(name: str) -> None:
         np.testing.assert_allclose(onnx_out[key], np.array(want), atol=1e-4, rtol=0, err_msg=f"onnx {key}")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_bundled_onnx_matches_pytorch_on_real_crystals(name: str, sample_structures: list[Any]) -> None:
+    """The shipped graph computes what the shipped weights do, on 40 real crystals in padded size batches."""
+    from sitenet.batch import collate
+    from sitenet.features import featurize
+    from sitenet.predict import size_batches
+    from training.export import PARITY_ATOL, parity
+    from training.publish import encoder_config, load_model
+
+    folder = hub.resolve(name)
+    model = load_model(folder)
+    spec = encoder_config(model).features
+    feats = [featurize(s, spec=spec) for s in sample_structures]
+    batches = [collate([feats[i] for i in idx], spec)
+               for idx in size_batches([(f.n_primitive, f.n_sites) for f in feats], batch_size=8)]
+    assert len(batches) > 3 and max(len(b) for b in batches) > 1
+    assert parity(model, folder / "model.onnx", batches) <= PARITY_ATOL
+
+
 # --- cards -----------------------------------------------------------------------------------------------
 def _card(target: str, report: dict[str, Any], **kwargs: Any) -> str:
     return render_card(f"sitenet-dim-mp2018-{target}", RegressorConfig(target=target),
