@@ -208,6 +208,19 @@ def _rss_mb(pid: int) -> dict[str, float] | None:
     return {"total_mb": round(sum(per.values()), 1), "processes": per}
 
 
+def _served(host: str, port: int) -> dict:
+    """What the server says it runs (/info): model versions, the execution providers in use, placement."""
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{host}:{port}/info", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        info = json.loads(r.read())
+    return {"models": {role: {"version": f"{m['name']}@{m['version']}", "providers": m["providers"]}
+                       for role, m in info["models"].items()},
+            "placement": info.get("placement")}
+
+
 def _wait_ready(host: str, port: int, timeout: float = 120.0) -> float:
     """Poll /readyz with a short per-request timeout (it hangs while models load, stack notes §1 pitfall 4)."""
     import urllib.error
@@ -258,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         ready_s = _wait_ready(host, port) if server else 0.0
+        served = _served(host, port)
+        print(json.dumps(served), flush=True)
         requests = build_requests(host, port, args.route, cifs)
         rss_before = _rss_mb(server.pid) if server else None
         if args.warmup > 0:
@@ -286,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(server.pid, signal.SIGKILL)
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "route": args.route, "cifs": [p.name for p in cifs], "duration_s": args.duration,
-              "server_ready_s": round(ready_s, 2), "rss_before": rss_before, "rss_after": rss_after,
+              "server_ready_s": round(ready_s, 2), "served": served, "rss_before": rss_before, "rss_after": rss_after,
               "phases": phases, "cpu_count": os.cpu_count(), "machine": platform.platform(), "note": args.note,
               "settings": {k: v for k, v in os.environ.items() if k.startswith("SITENET_")}}
     out = Path(args.output)
@@ -295,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(_markdown(result))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
+
+
+def _served_line(served: dict | None) -> str:
+    if not served:
+        return "n/a"
+    models = ", ".join(f"{m['version']} on {m['providers'][0] if m['providers'] else 'no provider'}"
+                       for m in served["models"].values())
+    return f"{models}; placement {served.get('placement')}"
 
 
 def _markdown(r: dict) -> str:
@@ -308,7 +331,7 @@ def _markdown(r: dict) -> str:
     rss = lambda x: x["total_mb"] if x else "n/a"  # noqa: E731
     return (f"# Service load test\n\n`{r['command']}` — {r['duration_s']} s per phase, `POST {r['route']}` with "
             f"{', '.join(r['cifs'])}, {r['cpu_count']} CPUs ({r['machine']}).\n\n" + "\n".join(rows) +
-            f"\n\nServer ready after {r['server_ready_s']} s; RSS (arbiter + workers) {rss(r['rss_before'])} MB "
+            f"\n\nServed: {_served_line(r.get('served'))}. Server ready after {r['server_ready_s']} s; RSS (arbiter + workers) {rss(r['rss_before'])} MB "
             f"before, {rss(r['rss_after'])} MB after.\n\n{r['note']}\n")
 
 
