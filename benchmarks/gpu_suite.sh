@@ -6,12 +6,13 @@
 # (missing CUDA/cuDNN libraries, CPU build of the runtime) fails instead of timing the CPU.
 #
 #   bash benchmarks/gpu_suite.sh offline [DATA_CSV] [OUT_DIR]   # predict_batch.py, one worker per core
-#   bash benchmarks/gpu_suite.sh service [OUT_DIR]              # service_load.py, adaptive and inline placement
+#   bash benchmarks/gpu_suite.sh service [OUT_DIR]              # service_load.py with the default settings
+#   bash benchmarks/gpu_suite.sh placement [OUT_DIR]            # adaptive against inline model placement
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
 cores=$(nproc)
-stage=${1:?usage: gpu_suite.sh offline|service ...}
+stage=${1:?usage: gpu_suite.sh offline|service|placement ...}
 
 case "$stage" in
 offline)
@@ -23,17 +24,23 @@ offline)
     ;;
 service)
     out=${2:-benchmarks/results}
-    # adaptive: featurise in HTTP workers, one model worker batches crystals across requests on the GPU.
-    SITENET_PROVIDERS=cuda SITENET_BATCHING=adaptive SITENET_WORKERS=$((cores / 2)) \
-        "$python" benchmarks/service_load.py --duration 30 --clients 1 4 16 64 --rate 0 \
-        --output "$out/service_gpu_adaptive" --note "GPU, $cores CPU cores, adaptive placement"
-    # inline: every HTTP worker runs its own CUDA sessions on its own requests.
-    SITENET_PROVIDERS=cuda SITENET_BATCHING=inline SITENET_WORKERS=$((cores / 2)) \
-        "$python" benchmarks/service_load.py --duration 30 --clients 1 4 16 64 --rate 0 \
-        --output "$out/service_gpu_inline" --note "GPU, $cores CPU cores, inline placement"
+    # The service as shipped (default placement and workers), the issue's phases: 60 s at 1, 4 and 16 clients,
+    # then latency at a fixed offered rate.
+    SITENET_PROVIDERS=cuda "$python" benchmarks/service_load.py --duration 60 --clients 1 4 16 --rate 500 \
+        --output "$out/service_gpu" --note "GPU, $cores CPU cores, default settings"
+    ;;
+placement)
+    out=${2:-benchmarks/results}
+    # Where the models run, same HTTP workers: adaptive (one model worker batching crystals across requests)
+    # against inline (every HTTP worker runs its own CUDA sessions on its own requests).
+    for mode in adaptive inline; do
+        SITENET_PROVIDERS=cuda SITENET_BATCHING=$mode SITENET_WORKERS=$((cores / 2)) \
+            "$python" benchmarks/service_load.py --duration 30 --clients 1 4 16 64 --rate 0 \
+            --output "$out/service_gpu_$mode" --note "GPU, $cores CPU cores, $mode placement"
+    done
     ;;
 *)
-    echo "unknown stage $stage (offline | service)" >&2
+    echo "unknown stage $stage (offline | service | placement)" >&2
     exit 2
     ;;
 esac
