@@ -7,12 +7,13 @@
 #
 #   bash benchmarks/gpu_suite.sh offline [DATA_CSV] [OUT_DIR]   # predict_batch.py, one worker per core
 #   bash benchmarks/gpu_suite.sh service [OUT_DIR]              # service_load.py with the default settings
+#   bash benchmarks/gpu_suite.sh workers [OUT_DIR]              # 16 clients against 4, 8, 12 and 16 HTTP workers
 #   bash benchmarks/gpu_suite.sh placement [OUT_DIR]            # adaptive against inline model placement
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
 cores=$(nproc)
-stage=${1:?usage: gpu_suite.sh offline|service|placement ...}
+stage=${1:?usage: gpu_suite.sh offline|service|workers|placement ...}
 
 case "$stage" in
 offline)
@@ -29,6 +30,15 @@ service)
     SITENET_PROVIDERS=cuda "$python" benchmarks/service_load.py --duration 60 --clients 1 4 16 --rate 500 \
         --output "$out/service_gpu" --note "GPU, $cores CPU cores, default settings"
     ;;
+workers)
+    out=${2:-benchmarks/results}
+    # HTTP workers (inline): each holds its own CUDA context, and contexts of different processes take turns
+    # on the GPU, so more workers than the parsing needs cost throughput.
+    for w in 4 8 12 16; do
+        SITENET_PROVIDERS=cuda SITENET_WORKERS=$w "$python" benchmarks/service_load.py --duration 30 --clients 16 \
+            --rate 0 --output "$out/service_gpu_workers_$w" --note "GPU, $cores CPU cores, $w HTTP workers"
+    done
+    ;;
 placement)
     out=${2:-benchmarks/results}
     # Where the models run, same HTTP workers: adaptive (one model worker batching crystals across requests)
@@ -40,7 +50,7 @@ placement)
     done
     ;;
 *)
-    echo "unknown stage $stage (offline | service | placement)" >&2
+    echo "unknown stage $stage (offline | service | workers | placement)" >&2
     exit 2
     ;;
 esac
