@@ -55,8 +55,8 @@ class ServiceSettings(BaseModel):
         "inter-process hop); auto: inline (faster on CPU and on GPU, see batching_mode)")
     max_batch_size: int = Field(64, ge=2, le=4096, description="most crystals per adaptive batch")
     max_latency_ms: int = Field(10_000, ge=10, description="adaptive-batching latency budget, ms")
-    workers: int | None = Field(None, ge=1, le=64, description="HTTP worker processes; None: one per CPU core "
-                                "with inline batching (each runs the models), one with adaptive batching")
+    workers: int | None = Field(None, ge=1, le=64, description="HTTP worker processes; None: inline, one per "
+                                "CPU core (half as many with CUDA); adaptive, one (see worker_count)")
     timeout_s: int = Field(60, ge=1, description="request timeout, s")
     max_concurrency: int | None = Field(None, ge=1, le=4096, description="prediction requests worked on at once "
                                         "per HTTP worker; None: see concurrency_limit")
@@ -107,7 +107,13 @@ class ServiceSettings(BaseModel):
         """``workers`` with None resolved (see its description)."""
         if self.workers is not None:
             return self.workers
-        return max(1, min(len(os.sched_getaffinity(0)), 16)) if self.batching_mode() == "inline" else 1
+        if self.batching_mode() == "adaptive":
+            return 1
+        cores = len(os.sched_getaffinity(0))
+        # With CUDA each worker holds its own context and contexts of different processes take turns on the
+        # GPU: on an H100 with 16 cores, 8 workers served 969 req/s at 16 clients, 4/12/16 workers 490-560
+        # (benchmarks/results/service_gpu_workers_*.md). On CPU the models are the work: one worker per core.
+        return max(1, min(cores // 2 if self.uses_gpu() else cores, 16))
 
     def thread_count(self) -> int:
         """``model_threads`` with None resolved: the worker's share of the cores (over ONNX Runtime's own
