@@ -27,7 +27,7 @@ service)
     out=${2:-benchmarks/results}
     # The service as shipped (default placement and workers), the phases: 60 s at 1, 4 and 16 clients,
     # then latency at a fixed offered rate.
-    SITENET_PROVIDERS=cuda "$python" benchmarks/service_load.py --duration 60 --clients 1 4 16 --rate 500 \
+    SITENET_PROVIDERS=cuda "$python" benchmarks/service_load.py --duration 60 --clients 1 4 16 --rate 400 \
         --output "$out/service_gpu" --note "GPU, $cores CPU cores, default settings"
     ;;
 workers)

@@ -221,13 +221,16 @@ def _served(host: str, port: int) -> dict:
             "placement": info.get("placement")}
 
 
-def _wait_ready(host: str, port: int, timeout: float = 120.0) -> float:
+def _wait_ready(host: str, port: int, server: subprocess.Popen, log: str, timeout: float = 120.0) -> float:
     """Poll /readyz with a short per-request timeout (it hangs while models load, stack notes §1 pitfall 4)."""
     import urllib.error
     import urllib.request
 
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
+        if server.poll() is not None:  # it died while starting: say why now, not after the timeout
+            tail = Path(log).read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"bentoml serve exited with status {server.returncode} while starting:\n{tail}")
         try:
             with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=2) as r:
                 if r.status == 200:
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", host, "--port", str(port)],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        ready_s = _wait_ready(host, port) if server else 0.0
+        ready_s = _wait_ready(host, port, server, log.name) if server else 0.0
         served = _served(host, port)
         print(json.dumps(served), flush=True)
         requests = build_requests(host, port, args.route, cifs)
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             record(asyncio.run(closed_loop(host, port, requests, max(args.clients), args.duration, args.timeout)))
         rss_after = _rss_mb(server.pid) if server else None
     finally:
-        if server is not None:
+        if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=20)

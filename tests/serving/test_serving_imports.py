@@ -37,18 +37,21 @@ def test_settings_from_environment() -> None:
         ServiceSettings.from_env({"SITENET_MAX_CIFS": "0"})
 
 
-def test_model_placement_and_workers_follow_the_hardware() -> None:
-    """auto: inline models and one HTTP worker per core without a usable GPU; explicit values win."""
+def test_model_placement_and_workers_follow_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: inline models everywhere; one HTTP worker per core on CPU, half as many with CUDA (each worker's
+    CUDA context takes turns on the GPU); adaptive: one; explicit values win."""
     import os
 
     from serving.settings import ServiceSettings
-    from sitenet.runtime import cuda_device_count
 
+    cores = len(os.sched_getaffinity(0))
     auto = ServiceSettings.from_env({})
-    if not cuda_device_count():
-        assert auto.batching_mode() == "inline"
-        assert auto.worker_count() == min(len(os.sched_getaffinity(0)), 16)
-    assert ServiceSettings.from_env({"SITENET_PROVIDERS": "cpu"}).batching_mode() == "inline"
+    assert auto.batching_mode() == "inline"
+    cpu = ServiceSettings.from_env({"SITENET_PROVIDERS": "cpu"})
+    assert (cpu.batching_mode(), cpu.worker_count()) == ("inline", min(cores, 16))
+    # the CUDA branch, on any machine: only whether a GPU is usable is stood in for
+    monkeypatch.setattr(ServiceSettings, "uses_gpu", lambda self: True)
+    assert (auto.batching_mode(), auto.worker_count()) == ("inline", max(1, min(cores // 2, 16)))
     adaptive = ServiceSettings.from_env({"SITENET_BATCHING": "adaptive"})
     assert (adaptive.batching_mode(), adaptive.worker_count()) == ("adaptive", 1)
     assert ServiceSettings.from_env({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "3"}).worker_count() == 3
