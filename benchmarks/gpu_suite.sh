@@ -7,13 +7,14 @@
 #
 #   bash benchmarks/gpu_suite.sh offline [DATA_CSV] [OUT_DIR]   # predict_batch.py, one worker per core
 #   bash benchmarks/gpu_suite.sh service [OUT_DIR]              # service_load.py with the default settings
+#   bash benchmarks/gpu_suite.sh soak [OUT_DIR]                 # memory over five 45-s phases at 16 clients
 #   bash benchmarks/gpu_suite.sh workers [OUT_DIR]              # 16 clients against 4, 8, 12 and 16 HTTP workers
 #   bash benchmarks/gpu_suite.sh placement [OUT_DIR]            # adaptive against inline model placement
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
 cores=$(nproc)
-stage=${1:?usage: gpu_suite.sh offline|service|workers|placement ...}
+stage=${1:?usage: gpu_suite.sh offline|service|soak|workers|placement ...}
 
 case "$stage" in
 offline)
@@ -29,6 +30,12 @@ service)
     # then latency at a fixed offered rate.
     SITENET_PROVIDERS=cuda "$python" benchmarks/service_load.py --duration 60 --clients 1 4 16 --rate 400 \
         --output "$out/service_gpu" --note "GPU, $cores CPU cores, default settings"
+    ;;
+soak)
+    out=${2:-benchmarks/results}
+    # Memory under sustained load: five 45-s phases at 16 clients, server RSS after each.
+    SITENET_PROVIDERS=cuda "$python" benchmarks/service_load.py --duration 45 --clients 16 --rate 0 --soak 4 \
+        --output "$out/service_gpu_soak" --note "GPU, $cores CPU cores, default settings, soak"
     ;;
 workers)
     out=${2:-benchmarks/results}
@@ -50,7 +57,7 @@ placement)
     done
     ;;
 *)
-    echo "unknown stage $stage (offline | service | workers | placement)" >&2
+    echo "unknown stage $stage (offline | service | soak | workers | placement)" >&2
     exit 2
     ;;
 esac
