@@ -2,10 +2,10 @@
 
 ``SiteNetService`` here (HTTP) reads, validates and featurises every CIF, per item, so a bad CIF never
 reaches, or fails, a batch. Only featurised tensors go on to the models, in one of two modes
-(``SITENET_BATCHING``): ``adaptive`` (the default with a usable GPU) sends them to ``SiteNetModels``
-(``serving/inference.py``), a separate worker whose ``infer`` is adaptively batched across concurrent
-requests; ``inline`` (the default on CPU) runs the core's own path (``Predictor.predict``: one batched ONNX
-run per request) in the HTTP worker, saving the inter-process hop. Errors have one shape ``{"code",
+(``SITENET_BATCHING``): ``inline`` (the default, on CPU and GPU: faster on both, see
+``ServiceSettings.batching_mode``) runs the core's own path (``Predictor.predict``: one batched ONNX run per
+request) in the HTTP worker; ``adaptive`` sends them to ``SiteNetModels`` (``serving/inference.py``), a
+separate worker whose ``infer`` is adaptively batched across concurrent requests. Errors have one shape ``{"code",
 "message", "detail"}`` (``serving/errors.py``). Under overload each HTTP worker works on a bounded number of
 requests, lets a few wait and answers the rest 503 ``overloaded`` with Retry-After (``serving/admission.py``);
 the CPU work runs in a few threads per worker (``SITENET_MODEL_THREADS``), not one per request. Settings:
