@@ -33,7 +33,7 @@ from serving.schemas import (BatchItemOut, BatchOut, EmbeddingItemOut, EmbedOut,
 from sitenet.predict import Prediction, Prepared, Rejection
 
 logger = logging.getLogger("sitenet.serving")
-# resolved once: "auto" asks NVML, and /info reports it on every call
+# resolved once (the defaults depend on the cores and the GPU), then used by the service, the middleware and /info
 PLACEMENT = {"batching": SETTINGS.batching_mode(), "http_workers": SETTINGS.worker_count()}
 # per HTTP worker; /info reports them with the request limits
 OVERLOAD_LIMITS = {"max_concurrency": SETTINGS.concurrency_limit(), "max_queue": SETTINGS.queue_limit(),
@@ -54,7 +54,7 @@ class SiteNetService:
         # adaptive: featurisation only here, the model worker runs the graphs
         self.predictor = load_predictor(load=INLINE)
         # anyio's default limiter would run up to 40 requests' CPU work at once on a worker's share of the cores
-        self.threads = anyio.CapacityLimiter(SETTINGS.thread_count())
+        self.threads = anyio.CapacityLimiter(OVERLOAD_LIMITS["model_threads"])
         if INLINE:
             logger.info("models ready (inline): %s", {r: m.providers for r, m in self.predictor.models.items()})
         else:
@@ -210,5 +210,6 @@ def _fields(prediction: Prediction) -> dict[str, Any]:
 
 # the first added is the outer one: the guard reads and checks the body, then admission bounds the work
 SiteNetService.add_asgi_middleware(RequestGuard, max_request_bytes=SETTINGS.max_request_bytes, routes=ROUTES)
-SiteNetService.add_asgi_middleware(Admission, limit=SETTINGS.concurrency_limit(), queue=SETTINGS.queue_limit(),
-                                   queue_timeout_s=SETTINGS.queue_timeout_s, routes=ROUTES)
+SiteNetService.add_asgi_middleware(Admission, limit=OVERLOAD_LIMITS["max_concurrency"],
+                                   queue=OVERLOAD_LIMITS["max_queue"], queue_timeout_s=SETTINGS.queue_timeout_s,
+                                   routes=ROUTES)

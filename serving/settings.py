@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Literal
@@ -99,9 +100,7 @@ class ServiceSettings(BaseModel):
 
     def uses_gpu(self) -> bool:
         """Whether the models would run on an NVIDIA GPU: CUDA not excluded by ``providers`` and one visible."""
-        from sitenet.runtime import cuda_device_count
-
-        return self.providers != "cpu" and cuda_device_count() > 0
+        return self.providers != "cpu" and _gpu_visible()
 
     def worker_count(self) -> int:
         """``workers`` with None resolved (see its description)."""
@@ -142,3 +141,12 @@ class ServiceSettings(BaseModel):
         names = {"encoder": self.encoder, "band_gap": self.band_gap_model,
                  "formation_energy": self.formation_energy_model}
         return {role: None if name.strip().lower() in ("", "none") else name for role, name in names.items()}
+
+
+@functools.cache
+def _gpu_visible() -> bool:
+    """NVML asked once per process: worker, thread and concurrency defaults all depend on it, and each NVML
+    start-up costs milliseconds."""
+    from sitenet.runtime import cuda_device_count
+
+    return cuda_device_count() > 0
