@@ -11,6 +11,7 @@ else CPU. ONNX Runtime falls back to CPU silently when CUDA libraries are missin
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -202,9 +203,7 @@ class OnnxModel:
         return f"OnnxModel({self.name!r}, providers={self.providers})"
 
 
-_PRELOADED = False
-
-
+@functools.cache  # once per process: the libraries stay loaded
 def _preload_cuda_libraries(ort: Any) -> None:
     """Load the CUDA and cuDNN libraries that ``onnxruntime-gpu[cuda,cudnn]`` installs as nvidia-* wheels.
 
@@ -213,11 +212,9 @@ def _preload_cuda_libraries(ort: Any) -> None:
     fallback). ``preload_dlls`` (onnxruntime-gpu >= 1.21) finds them, and reuses PyTorch's copies when torch
     is already imported. Failure is not fatal: a system CUDA on the library path may still serve.
     """
-    global _PRELOADED
     preload = getattr(ort, "preload_dlls", None)
-    if _PRELOADED or preload is None:
+    if preload is None:
         return
-    _PRELOADED = True
     try:
         preload()
     except Exception as err:  # noqa: BLE001 - any failure leaves the system loader to try
