@@ -67,12 +67,8 @@ def read_structure(
     Raises:
         SiteNetError: a subclass whose ``code`` names the problem (see ``sitenet.errors``).
     """
-    parsed = _read(source, max_sites=max_sites, max_bytes=max_bytes)
-    if isinstance(parsed, Crystal):
-        validate_crystal(parsed, max_sites=max_sites)
-        return parsed.to_structure()
-    validate_structure(parsed, max_sites=max_sites)
-    return parsed
+    crystal = _read_valid(source, max_sites=max_sites, max_bytes=max_bytes)
+    return crystal.to_structure() if isinstance(crystal, Crystal) else crystal
 
 
 def read_crystal(
@@ -87,12 +83,8 @@ def read_crystal(
     Raises:
         SiteNetError: exactly as ``read_structure``.
     """
-    parsed = _read(source, max_sites=max_sites, max_bytes=max_bytes)
-    if isinstance(parsed, Crystal):
-        validate_crystal(parsed, max_sites=max_sites)
-        return parsed
-    validate_structure(parsed, max_sites=max_sites)
-    return Crystal.from_structure(parsed)
+    crystal = _read_valid(source, max_sites=max_sites, max_bytes=max_bytes)
+    return crystal if isinstance(crystal, Crystal) else Crystal.from_structure(crystal)
 
 
 def read_structures(
@@ -109,6 +101,16 @@ def read_structures(
         except SiteNetError as err:
             out.append(err)
     return out
+
+
+def _read_valid(source: StructureSource, *, max_sites: int, max_bytes: int) -> "Crystal | Structure":  # noqa: F821
+    """The validated crystal of any accepted source, in whichever form it was read."""
+    parsed = _read(source, max_sites=max_sites, max_bytes=max_bytes)
+    if isinstance(parsed, Crystal):
+        validate_crystal(parsed, max_sites=max_sites)
+    else:
+        validate_structure(parsed, max_sites=max_sites)
+    return parsed
 
 
 def _read(source: StructureSource, *, max_sites: int, max_bytes: int) -> "Crystal | Structure":  # noqa: F821
