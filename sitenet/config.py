@@ -17,6 +17,10 @@ Target = Literal["band_gap", "formation_energy"]
 TARGETS: tuple[str, ...] = ("band_gap", "formation_energy")
 UNITS: dict[str, str] = {"band_gap": "eV", "formation_energy": "eV/atom"}
 FORMAT_VERSION = 1
+#: Activations an encoder may use. Site-Net as published uses Mish everywhere; SiLU (x * sigmoid(x)) has the
+#: same shape and costs one exp instead of Mish's exp + log1p + tanh, which is most of a CPU training step
+#: (benchmarks/results/train_step.md). Configs without the key are Mish (every model before it existed).
+Activation = Literal["mish", "silu"]
 
 
 class SiteNetConfig(BaseModel):
@@ -29,6 +33,7 @@ class SiteNetConfig(BaseModel):
     format_version: int = FORMAT_VERSION
     features: FeatureSpec = FeatureSpec()
     element_embedding: int = Field(0, ge=0, description="width of a learned embedding of Z (0: none)")
+    activation: Activation = Field("mish", description="hidden-layer activation of every MLP (and of DIM's critics)")
     heads: int = Field(1, ge=1, description="H, attention heads (they share one value vector, as in Site-Net)")
     head_width: int = Field(64, ge=1, description="value width per head; the site width D is heads * head_width")
     pair_width: int = Field(64, ge=1, description="pair (interaction) width")

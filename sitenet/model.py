@@ -17,22 +17,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-from sitenet.config import RegressorConfig, SiteNetConfig
+from sitenet.config import Activation, RegressorConfig, SiteNetConfig
 
 #: Card metadata that huggingface_hub's mixin writes for both model classes.
 _HUB = dict(library_name="sitenet", tags=["materials-science", "crystal", "site-net", "deep-infomax", "onnx"],
             license="mit")
 
 
-def mlp(widths: list[int], *, plain_last: bool = False) -> nn.Sequential:
-    """Linear + Mish + LayerNorm per layer (norm after the activation, as in Site-Net).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "silu": nn.SiLU}
+
+
+def mlp(widths: list[int], *, plain_last: bool = False, activation: Activation = "mish") -> nn.Sequential:
+    """Linear + activation + LayerNorm per layer (norm after the activation, as in Site-Net).
 
     ``plain_last`` leaves the last layer a bare Linear (logits, means, decoders)."""
     layers: list[nn.Module] = []
     for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
         if not (plain_last and k == len(widths) - 2):
-            layers += [nn.Mish(), nn.LayerNorm(b)]
+            layers += [ACTIVATIONS[activation](), nn.LayerNorm(b)]
     return nn.Sequential(*layers)
 
 
@@ -55,13 +58,13 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, config: SiteNetConfig, *, update_pairs: bool = True):
         super().__init__()
-        d, r, h, v = config.site_width, config.pair_width, config.heads, config.head_width
+        d, r, h, v, act = config.site_width, config.pair_width, config.heads, config.head_width, config.activation
         bond = 2 * d + r
         self.heads = h
-        self.logits = mlp([bond, *config.attention_hidden, h], plain_last=True)  # g^W
-        self.values = mlp([bond, *config.value_hidden, v])  # g^F
-        self.site_update = mlp([h * v, d])  # g^S
-        self.pair_update = mlp([bond, r]) if update_pairs else None  # g^I
+        self.logits = mlp([bond, *config.attention_hidden, h], plain_last=True, activation=act)  # g^W
+        self.values = mlp([bond, *config.value_hidden, v], activation=act)  # g^F
+        self.site_update = mlp([h * v, d], activation=act)  # g^S
+        self.pair_update = mlp([bond, r], activation=act) if update_pairs else None  # g^I
 
     def bond_layer(self, x, xj, e) -> list[torch.Tensor]:
         """First layer of g^W, g^F and g^I on the bond features b_ij = [x_i | x_j | e_ij], each (B,P,N,K_k).
@@ -116,28 +119,31 @@ class SiteNetEncoder(
     def __init__(self, config: SiteNetConfig):
         super().__init__()
         self.config = config
-        spec, d = config.features, config.site_width
+        spec, d, act = config.features, config.site_width, config.activation
         self.species_embedding = nn.Embedding(100, config.element_embedding) if config.element_embedding else None
-        self.site_embed = mlp([spec.site_dim + config.element_embedding, d])
-        self.pair_embed = mlp([spec.pair_dim, config.pair_width])
+        self.site_embed = mlp([spec.site_dim + config.element_embedding, d], activation=act)
+        self.pair_embed = mlp([spec.pair_dim, config.pair_width], activation=act)
         self.blocks = nn.ModuleList(
             AttentionBlock(config, update_pairs=k < config.blocks - 1) for k in range(config.blocks)
         )
         self.local_mean = nn.Linear(config.blocks * d, config.local_dim)
         self.local_logvar = nn.Linear(config.blocks * d, config.local_dim)  # DIM's KL branch only
-        self.pre_pool = mlp([config.local_dim, *config.pre_pool])
-        self.post_pool = mlp([config.pre_pool[-1], *config.post_pool])
+        self.pre_pool = mlp([config.local_dim, *config.pre_pool], activation=act)
+        self.post_pool = mlp([config.pre_pool[-1], *config.post_pool], activation=act)
         last = config.post_pool[-1] if config.post_pool else config.pre_pool[-1]
         self.embedding_mean = nn.Linear(last, config.embedding_dim)
         self.embedding_logvar = nn.Linear(last, config.embedding_dim)  # DIM's KL branch only
 
-    def local(self, site, species, pair, parent, site_mask, atom_mask):
-        """Local encoder: returns (mean, log-variance) of the local vectors, each (B,P,L)."""
+    def local(self, site, species, pair, parent, site_mask, atom_mask, pair_embedding=None):
+        """Local encoder: returns (mean, log-variance) of the local vectors, each (B,P,L).
+
+        ``pair_embedding``: ``self.pair_embed(pair)`` (B,P,N,R) if already computed; Deep InfoMax shares one
+        among the passes over corrupted copies of a batch (``pair`` is then unused)."""
         x = site  # (B,P,F)
         if self.species_embedding is not None:
             x = torch.cat([x, self.species_embedding(species)], -1)  # (B,P,F+Z)
         x = self.site_embed(x)  # (B,P,D)
-        e = self.pair_embed(pair)  # (B,P,N,R)
+        e = self.pair_embed(pair) if pair_embedding is None else pair_embedding  # (B,P,N,R)
         summary = []
         for block in self.blocks:
             x, e = block(x, e, parent, atom_mask)
@@ -169,7 +175,8 @@ class PropertyHead(nn.Module):
     def __init__(self, config: RegressorConfig):
         super().__init__()
         k = 2 if config.target == "band_gap" and config.metal_classifier else 1
-        self.net = mlp([config.encoder.embedding_dim, *config.head_hidden, k], plain_last=True)
+        self.net = mlp([config.encoder.embedding_dim, *config.head_hidden, k], plain_last=True,
+                       activation=config.encoder.activation)
 
     def forward(self, embedding):
         return self.net(embedding)  # (B,K)

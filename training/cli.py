@@ -1,6 +1,6 @@
-"""``sitenet pretrain | finetune | evaluate | study``: recipe file first, then ``--set key=value`` overrides.
+"""``sitenet pretrain | finetune | evaluate | baseline | study``: recipe file first, then ``--set key=value`` overrides.
 
-``add_subcommands(subparsers)`` registers the four subcommands on the ``sitenet`` parser (sitenet/cli.py);
+``add_subcommands(subparsers)`` registers these subcommands on the ``sitenet`` parser (sitenet/cli.py);
 ``python -m training.cli ...`` runs them standalone.
 """
 
@@ -68,6 +68,21 @@ def study_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def baseline_main(args: argparse.Namespace) -> int:
+    """Magpie + random forest on the zoo recipes' training labels, scored on the held-out split."""
+    from training.configs import DataConfig
+    from training.magpie import evaluate_baseline, write_results
+
+    _setup_logging()
+    overrides = dict(item.partition("=")[::2] for item in args.set or [])
+    data = DataConfig.model_validate({k.removeprefix("data."): v for k, v in overrides.items()})
+    results = evaluate_baseline(data, targets=tuple(args.targets), trees=args.trees, seed=args.seed)
+    command = "sitenet baseline" + "".join(f" --set {s}" for s in args.set or [])
+    write_results(results, args.output, command)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register pretrain / finetune / evaluate / study on a parser's subparsers."""
     overrides = dict(action="append", metavar="KEY=VALUE", help="override a recipe value (dotted keys for sections)")
@@ -86,6 +101,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", default=None, help="path stem of the JSON and PNG (default <model>-eval)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="data settings, e.g. data.path=...")
     p.set_defaults(func=evaluate_main)
+
+    p = subparsers.add_parser("baseline", help="Magpie composition features + random forest, the bar to clear")
+    p.add_argument("--targets", nargs="+", default=["band_gap", "formation_energy"])
+    p.add_argument("--trees", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", "-o", default="benchmarks/results/magpie_baseline", help="path stem of JSON and MD")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="data settings, e.g. data.path=...")
+    p.set_defaults(func=baseline_main)
 
     p = subparsers.add_parser("study", help="the label-masking study")
     p.add_argument("recipe", nargs="?", default=str(RECIPES / "study.yaml"))

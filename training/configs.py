@@ -44,19 +44,26 @@ class TrainerConfig(_Frozen):
     devices: int | str = 1
     strategy: str = "auto"
     num_nodes: int = Field(1, ge=1)
-    precision: str = "32-true"
+    precision: str = Field("auto", description="Lightning precision; 'auto': bf16 autocast where the hardware has "
+                           "native bf16 (CPU AMX/AVX512-BF16, most GPUs), else 32-true (training/accel.py)")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the training step; 'auto': when a C++ "
+                                           "compiler is present and the run has >= 1,000 optimiser steps")
     log_every_n_steps: int = Field(20, ge=1)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     fast_dev_run: bool = False
     progress_bar: bool = True
     threads: int | None = Field(2, ge=1, description="torch intra-op threads (None: torch's default)")
+    checkpoint_every_n_steps: int | None = Field(200, ge=0, description="also write <output>/checkpoints/last.ckpt "
+                                                 "every this many training steps (mid-epoch resume); 0/None: "
+                                                 "only at epoch ends")
 
 
 class PretrainConfig(_Frozen):
     """Deep InfoMax pretraining of a Site-Net encoder (method.md C, D.2; pitfalls F.10-F.14 fixed)."""
 
-    encoder: SiteNetConfig = SiteNetConfig()
+    encoder: SiteNetConfig = Field(SiteNetConfig(activation="silu"), description="the encoder to train; SiLU: "
+                                   "benchmarks/results/train_step.md")
     data: DataConfig = DataConfig()
     trainer: TrainerConfig = TrainerConfig()
     negatives: Negatives = Field("domain-aware", description="'standard': other crystals only; 'domain-aware': "
@@ -80,7 +87,7 @@ class FinetuneConfig(_Frozen):
 
     target: Target = "band_gap"
     init: str = Field("random", description="'random', a DIM model folder (pretrain output) or a zoo name")
-    encoder: SiteNetConfig = Field(SiteNetConfig(), description="used only with init='random'")
+    encoder: SiteNetConfig = Field(SiteNetConfig(activation="silu"), description="used only with init='random'")
     mode: Literal["full", "frozen"] = "full"
     head_hidden: tuple[int, ...] = (64,)
     metal_classifier: bool = True
@@ -93,6 +100,7 @@ class FinetuneConfig(_Frozen):
     schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over max_epochs: "
                                                     "constant, or cosine decay to zero (longer runs)")
     output: str = "runs/finetune"
+    resume: bool = Field(True, description="resume from <output>/checkpoints/last.ckpt if it exists")
     seed: int = 0
 
 

@@ -140,31 +140,84 @@ def _carve(rows: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random
 
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-size crystals under a padded-pair budget; reshuffled per epoch from (seed, epoch),
-    so a resumed run sees the same order. Under DDP each rank takes every world-th batch of one shared list."""
+    so a resumed run sees the same order. Under DDP each rank takes every world-th batch of one shared list.
+
+    Resumable mid-epoch: :meth:`state_dict` records the epoch and how many batches it has yielded in it;
+    after :meth:`load_state_dict` the next iteration of *that same epoch* skips those batches (any other
+    epoch starts from its beginning). ``__iter__`` is lazy, so ``set_epoch`` may come after ``iter()``
+    (Lightning does so); ``__len__`` is always the full epoch.
+    """
 
     def __init__(self, sizes: np.ndarray, *, batch_size: int, max_pairs: int, shuffle: bool, seed: int):
         self.sizes, self.batch_size, self.max_pairs = sizes, batch_size, max_pairs
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self._yielded_epoch, self._yielded = 0, 0  # progress of the latest iteration
+        self._skip: tuple[int, int] | None = None  # (epoch, batches) to skip, from load_state_dict
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
+        """Called by Lightning at the start of every epoch (through :attr:`sampler`)."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> BucketBatchSampler:
+        """Itself: Lightning calls ``set_epoch`` on ``loader.sampler`` and ``loader.batch_sampler.sampler``, never
+        on the batch sampler itself; without this alias every epoch would replay epoch 0's order."""
+        return self
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: batches yielded so far in that epoch (== consumed: no prefetching with a
+        sized loader and no workers). Under DDP every rank yields equal counts, so rank 0's state fits all."""
+        return {"epoch": int(self._yielded_epoch), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = (int(state["epoch"]), int(state["batches"]))
 
     def _batches(self) -> list[np.ndarray]:
         batches = bucket_batches(self.sizes, batch_size=self.batch_size, max_pairs=self.max_pairs,
                                  shuffle=self.shuffle, seed=self.seed + self.epoch)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-            # equal batch counts on every rank, or the collective ops of DDP hang
-            batches = batches[: max(world, len(batches) // world * world)][rank::world]
+            # equal batch counts on every rank, or the collective ops of DDP hang: drop the remainder, or
+            # (fewer batches than ranks) repeat batches so that every rank gets one
+            if len(batches) >= world:
+                batches = batches[: len(batches) // world * world]
+            elif batches:
+                batches = [batches[k % len(batches)] for k in range(world)]
+            batches = batches[rank::world]
         return batches
 
     def __iter__(self):
-        for b in self._batches():
+        batches = self._batches()  # runs at the first next(), after Lightning's set_epoch
+        skip = 0
+        if self._skip is not None:
+            if self._skip[0] == self.epoch:
+                skip = min(self._skip[1], len(batches))
+            self._skip = None
+        self._yielded_epoch, self._yielded = self.epoch, skip
+        for b in batches[skip:]:
+            self._yielded += 1
             yield b.tolist()
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in checkpoints and restores (``state_dict`` /
+    ``load_state_dict`` delegate to its :class:`BucketBatchSampler`), so a run resumes mid-epoch exactly.
+
+    It owns a torch Generator, so ``iter()`` draws no number from the global RNG (a resumed run would
+    otherwise be one draw out of step with an uninterrupted one)."""
+
+    def __init__(self, dataset: Dataset, *, batch_sampler: BucketBatchSampler, collate_fn):
+        super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
+                         generator=torch.Generator().manual_seed(0))
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
 
 
 class _Rows(Dataset):
@@ -199,12 +252,13 @@ class Collate:
 
 
 def loader(corpus: Corpus, rows: np.ndarray, cfg: DataConfig, *, target: str | None = None, shuffle: bool = False,
-           seed: int = 0) -> DataLoader:
-    """A DataLoader over dataset ``rows`` with size-bucketed batches (no worker processes: 2-core budget)."""
+           seed: int = 0) -> ResumableLoader:
+    """A resumable DataLoader over dataset ``rows`` with size-bucketed batches (no worker processes: 2-core
+    budget; also what makes "batches yielded == batches consumed" hold for mid-epoch resume)."""
     sampler = BucketBatchSampler(corpus.sizes(rows), batch_size=cfg.batch_size, max_pairs=cfg.max_pairs,
                                  shuffle=shuffle, seed=seed)
     # the sampler yields positions within ``rows``; _Rows maps them to dataset rows for Collate
-    return DataLoader(_Rows(rows), batch_sampler=sampler, collate_fn=Collate(corpus, target))
+    return ResumableLoader(_Rows(rows), batch_sampler=sampler, collate_fn=Collate(corpus, target))
 
 
 class CrystalDataModule(L.LightningDataModule):

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sitenet.model import SiteNetEncoder, masked_mean
+from sitenet.config import Activation
+from sitenet.model import ACTIVATIONS, SiteNetEncoder, masked_mean
 
 
 class DIMOutput(NamedTuple):
@@ -33,9 +34,9 @@ class DIMOutput(NamedTuple):
     embedding: torch.Tensor  # (B,E) mean crystal vector g (no noise), detached
 
 
-def critic(width_in: int, hidden: int, out: int) -> nn.Sequential:
-    """One side of a separable critic: Lin + Mish + Lin, no norm (method.md C.3)."""
-    return nn.Sequential(nn.Linear(width_in, hidden), nn.Mish(), nn.Linear(hidden, out))
+def critic(width_in: int, hidden: int, out: int, activation: Activation = "mish") -> nn.Sequential:
+    """One side of a separable critic: Lin + activation (Mish in method.md C.3) + Lin, no norm."""
+    return nn.Sequential(nn.Linear(width_in, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, out))
 
 
 def kl_standard(mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,10 +92,11 @@ class DeepInfoMax(nn.Module):
         self.encoder = encoder
         self.negatives = negatives
         self.local_weight, self.global_weight, self.kl_weight = local_weight, global_weight, kl_weight
-        self.query = critic(c.local_dim, critic_hidden, critic_dim)  # phi(l~_i)
-        self.constituent = critic(c.features.site_dim + 1, critic_hidden, critic_dim)  # psi(s_j, d_ij)
-        self.summary = critic(c.embedding_dim, critic_hidden, critic_dim)  # rho(g~)
-        self.site_key = critic(c.local_dim, critic_hidden, critic_dim)  # lambda(l_i)
+        act = c.activation
+        self.query = critic(c.local_dim, critic_hidden, critic_dim, act)  # phi(l~_i)
+        self.constituent = critic(c.features.site_dim + 1, critic_hidden, critic_dim, act)  # psi(s_j, d_ij)
+        self.summary = critic(c.embedding_dim, critic_hidden, critic_dim, act)  # rho(g~)
+        self.site_key = critic(c.local_dim, critic_hidden, critic_dim, act)  # lambda(l_i)
 
     # ----------------------------------------------------------------------------------------- local DIM
     def local_loss(self, l_noisy, site, pair, parent, site_mask, atom_mask, partner):
@@ -106,14 +108,14 @@ class DeepInfoMax(nn.Module):
         # The critic is separable and psi ends in a Linear, so <q, W2 h + b2> = <W2^T q, h> + <q, b2>: the
         # per-pair work stays in psi's hidden width. psi's first Linear splits into a per-key species part
         # and a per-pair distance part for the same reason.
-        first, last = self.constituent[0], self.constituent[2]
+        first, act, last = self.constituent
         q_hidden = q @ last.weight  # (B,P,H)
         q_bias = q @ last.bias  # (B,P)
         f = site.shape[-1]
 
         def score(neigh, dist):  # neigh (B,N,F), dist (B,P,N) -> psi's hidden activations (B,P,N,H)
             per_key = neigh @ first.weight[:, :f].T + first.bias  # (B,N,H)
-            return F.mish(per_key.unsqueeze(1) + dist.unsqueeze(-1) * first.weight[:, f])
+            return act(per_key.unsqueeze(1) + dist.unsqueeze(-1) * first.weight[:, f])
 
         def term(sign, hidden, dist, mask):  # weighted softplus over the valid keys of each site -> (B,P)
             t = torch.einsum("bph,bpnh->bpn", q_hidden, hidden) + q_bias.unsqueeze(-1)  # (B,P,N)
@@ -138,30 +140,38 @@ class DeepInfoMax(nn.Module):
 
     # ---------------------------------------------------------------------------------------- global DIM
     @torch.no_grad()
-    def corrupted_sites(self, site, species, pair, parent, site_mask, atom_mask, partner, generator=None):
+    def corrupted_sites(self, site, species, pair_embedding, parent, site_mask, atom_mask, partner, generator=None):
         """Fake local vectors (each (B,P,L), mask = site_mask) from the current local encoder, no gradient:
-        composition-corrupted and structure-corrupted (need another crystal) and neighbour-permuted."""
+        composition-corrupted and structure-corrupted (need another crystal) and neighbour-permuted.
+
+        ``pair_embedding`` is the real pass's ``encoder.pair_embed(pair)`` (B,P,N,R): the pair embedding is
+        per pair, so the corruptions reuse it (rows of another crystal for the structure-corrupted one)
+        instead of recomputing it three times. Pairs that the masks exclude differ from a recomputation,
+        but attention never reads them."""
         enc = self.encoder
+        e = pair_embedding
         fakes = []
         if partner is not None:
             pi, pb = partner_sites(site_mask, partner), partner[:, None]
             real = site_mask.unsqueeze(-1).to(site.dtype)  # (B,P,1)
             # b's geometry, b''s elements at the same slots
-            fakes.append(enc.local(site[pb, pi] * real, species[pb, pi] * site_mask, pair, parent, site_mask,
-                                   atom_mask)[0])
+            fakes.append(enc.local(site[pb, pi] * real, species[pb, pi] * site_mask, None, parent, site_mask,
+                                   atom_mask, pair_embedding=e)[0])
             # b's elements, distances of b''s sites over the keys valid in both
             keys = atom_mask & atom_mask[partner]  # (B,N)
-            pair_s = pair[pb, pi] * (site_mask[:, :, None] & keys[:, None, :]).unsqueeze(-1).to(pair.dtype)  # (B,P,N,G)
-            fakes.append(enc.local(site, species, pair_s, parent, site_mask, keys)[0])
+            fakes.append(enc.local(site, species, None, parent, site_mask, keys, pair_embedding=e[pb, pi])[0])
         # same distances and element multiset, neighbour identities shuffled among the real keys only
-        noise = torch.rand(atom_mask.shape, generator=generator, device=atom_mask.device)  # (B,N)
+        noise = _uniform(atom_mask, generator)  # (B,N)
         perm = torch.argsort(noise.masked_fill(~atom_mask, 2.0), dim=1)  # real keys first (they are columns 0..N_b-1)
-        fakes.append(enc.local(site, species, pair, torch.gather(parent, 1, perm), site_mask, atom_mask)[0])
+        fakes.append(enc.local(site, species, None, torch.gather(parent, 1, perm), site_mask, atom_mask,
+                               pair_embedding=e)[0])
         return fakes
 
-    def global_loss(self, g_noisy, l_mean, site, species, pair, parent, site_mask, atom_mask, partner,
+    def global_loss(self, g_noisy, l_mean, site, species, pair_embedding, parent, site_mask, atom_mask, partner,
                     generator=None):
-        """Global JSD loss: g_noisy (B,E) vs each (detached) l_i (B,P,L) of its crystal. Returns ()."""
+        """Global JSD loss: g_noisy (B,E) vs each (detached) l_i (B,P,L) of its crystal. Returns ().
+
+        ``pair_embedding``: the batch's ``encoder.pair_embed(pair)`` (B,P,N,R), for the corrupted passes."""
         r = self.summary(g_noisy)  # (B,C)
         k = self.site_key(l_mean)  # (B,P,C)
         per_site = F.softplus(-torch.einsum("bc,bpc->bp", r, k))  # (B,P)
@@ -169,7 +179,8 @@ class DeepInfoMax(nn.Module):
         if partner is not None:  # l_i of b against another crystal's g
             negs.append(F.softplus(torch.einsum("bc,bpc->bp", r[partner], k)))
         if self.negatives == "domain-aware":
-            for fake in self.corrupted_sites(site, species, pair, parent, site_mask, atom_mask, partner, generator):
+            for fake in self.corrupted_sites(site, species, pair_embedding, parent, site_mask, atom_mask, partner,
+                                             generator):
                 negs.append(F.softplus(torch.einsum("bc,bpc->bp", r, self.site_key(fake))))
         if negs:
             per_site = per_site + torch.stack(negs).mean(0)
@@ -186,7 +197,9 @@ class DeepInfoMax(nn.Module):
                 seeded one).
         """
         partner = partner_crystals(site.shape[0], site.device)
-        l_mean, l_logvar = self.encoder.local(site, species, pair, parent, site_mask, atom_mask)  # (B,P,L) x2
+        e = self.encoder.pair_embed(pair)  # (B,P,N,R), computed once for the real and the corrupted passes
+        l_mean, l_logvar = self.encoder.local(site, species, pair, parent, site_mask, atom_mask,
+                                              pair_embedding=e)  # (B,P,L) x2
         l_noisy = l_mean + self._eps(l_mean, generator) * (0.5 * l_logvar).exp() if noise else l_mean
         dim_local = self.local_loss(l_noisy, site, pair, parent, site_mask, atom_mask, partner)
         kl_local = kl_standard(l_mean, l_logvar, site_mask)
@@ -194,8 +207,8 @@ class DeepInfoMax(nn.Module):
         l_det = l_mean.detach()  # the stop-gradient between the levels
         g_mean, g_logvar = self.encoder.pool(l_det, site_mask)  # (B,E) x2
         g_noisy = g_mean + self._eps(g_mean, generator) * (0.5 * g_logvar).exp() if noise else g_mean
-        dim_global = self.global_loss(g_noisy, l_det, site, species, pair, parent, site_mask, atom_mask, partner,
-                                      generator)
+        dim_global = self.global_loss(g_noisy, l_det, site, species, e.detach(), parent, site_mask, atom_mask,
+                                      partner, generator)
         kl_global = kl_standard(g_mean, g_logvar)
 
         loss = (self.local_weight * (dim_local + self.kl_weight * kl_local)
@@ -203,5 +216,12 @@ class DeepInfoMax(nn.Module):
         return DIMOutput(loss, dim_local, dim_global, kl_local, kl_global, g_mean.detach())
 
     @staticmethod
+    @torch.compiler.disable  # random draws run eagerly: a seeded generator cannot enter a compiled graph
     def _eps(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+@torch.compiler.disable
+def _uniform(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U(0,1) noise of ``like``'s shape, eagerly (see ``DeepInfoMax._eps``)."""
+    return torch.rand(like.shape, generator=generator, device=like.device)

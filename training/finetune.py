@@ -11,15 +11,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback
 
 from sitenet.config import RegressorConfig
 from sitenet.model import SiteNetEncoder, SiteNetRegressor, nonnegative
+from training.accel import compiled, should_compile
+from training.checkpoints import LastCheckpoint, ResumableEarlyStopping
 from training.configs import FinetuneConfig
 from training.data import Corpus, CrystalDataModule
 from training.pretrain import INPUTS, make_trainer
@@ -42,9 +45,10 @@ class FinetuneModule(L.LightningModule):
     """Trains a :class:`SiteNetRegressor` against standardised targets (mean, std of the training labels)."""
 
     def __init__(self, model: SiteNetRegressor, *, lr: float, weight_decay: float, mean: float, std: float,
-                 schedule: str = "constant", config: dict | None = None):
+                 schedule: str = "constant", config: dict | None = None, compile: bool | str = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "compile"])
+        self.compile_setting = compile
         self.model = model
         self.target = model.config.target
         self.classifier = self.target == "band_gap" and model.config.metal_classifier
@@ -81,6 +85,13 @@ class FinetuneModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
+    def on_fit_start(self) -> None:
+        if should_compile(self.compile_setting, self.trainer.estimated_stepping_batches):
+            self.model.raw = compiled(self.model.raw)  # instance attribute: the state dict is unchanged
+
+    def on_fit_end(self) -> None:
+        self.model.__dict__.pop("raw", None)  # the saved / exported model is the plain module
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
@@ -93,16 +104,27 @@ class FinetuneModule(L.LightningModule):
 
 
 class BestWeights(Callback):
-    """Keeps an in-memory copy of the weights with the lowest ``monitor`` (no checkpoint files)."""
+    """Keeps an in-memory copy of the weights with the lowest ``monitor`` (no checkpoint files of its own; the
+    copy travels in the run's checkpoints, so a resumed run still ends with the best epoch's weights)."""
 
     def __init__(self, monitor: str = "val/mae"):
         self.monitor, self.best, self.state, self.epoch = monitor, float("inf"), None, -1
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
 
     def on_validation_epoch_end(self, trainer, module) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and not trainer.sanity_checking and float(value) < self.best:
             self.best, self.epoch = float(value), trainer.current_epoch
             self.state = copy.deepcopy(module.state_dict())
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.epoch, self.state = float(state_dict["best"]), int(state_dict["epoch"]), state_dict["state"]
 
 
 def fold_standardisation(model: SiteNetRegressor, mean: float, std: float) -> None:
@@ -113,13 +135,18 @@ def fold_standardisation(model: SiteNetRegressor, mean: float, std: float) -> No
         last.bias[0].mul_(std).add_(mean)
 
 
-def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool = True) -> Path:
+def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool = True,
+             checkpointing: bool | None = None, callbacks: Sequence[Callback] = ()) -> Path:
     """Train a head (and the encoder, in ``full`` mode) on the training labels, early-stopped on validation MAE.
 
     Args:
         cfg: the run.
         corpus: an already loaded corpus (the study reuses one); None loads ``cfg.data``.
         loggers: write CSV/TensorBoard logs under ``cfg.output``.
+        checkpointing: write ``<output>/checkpoints/last.ckpt`` (every epoch and every
+            ``trainer.checkpoint_every_n_steps`` steps) and, with ``cfg.resume``, continue exactly from it
+            (mid-epoch too). None: as ``loggers`` (the study's many short fine-tunes write neither).
+        callbacks: extra Trainer callbacks (monitoring, tests).
 
     Returns:
         The model folder ``cfg.output`` (SiteNetRegressor ``save_pretrained`` + ``training.json``).
@@ -136,15 +163,26 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
     model = SiteNetRegressor.from_encoder(encoder, reg)
     if cfg.mode == "frozen":
         model.encoder.requires_grad_(False)
+    for name in ("local_logvar", "embedding_logvar"):  # DIM's noise heads take no part in the regression, and
+        if isinstance(getattr(model.encoder, name, None), torch.nn.Module):  # DDP rejects unused trainable ones
+            getattr(model.encoder, name).requires_grad_(False)
     y = data.corpus.labels(cfg.target)[data.splits.train]
     scale_rows = y[y > 0] if cfg.target == "band_gap" and cfg.metal_classifier and (y > 0).any() else y
     mean, std = float(scale_rows.mean()), float(max(scale_rows.std(), 1e-3))
     module = FinetuneModule(model, lr=cfg.lr, weight_decay=cfg.weight_decay, mean=mean, std=std, schedule=cfg.schedule,
-                            config=cfg.model_dump(mode="json"))
+                            config=cfg.model_dump(mode="json"), compile=cfg.trainer.compile)
     best = BestWeights("val/mae")
-    stop = EarlyStopping("val/mae", patience=cfg.patience, mode="min")
-    trainer = make_trainer(cfg.trainer, output, [best, stop], with_loggers=loggers, checkpointing=False)
-    trainer.fit(module, datamodule=data)
+    stop = ResumableEarlyStopping("val/mae", patience=cfg.patience, mode="min")
+    checkpointing = loggers if checkpointing is None else checkpointing
+    ckpt_dir = output / "checkpoints"
+    saves = [LastCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every_n_steps)] if checkpointing else []
+    trainer = make_trainer(cfg.trainer, output, [best, stop, *saves, *callbacks], with_loggers=loggers,
+                           checkpointing=checkpointing)  # False: no default ModelCheckpoint in the working dir
+    last = ckpt_dir / "last.ckpt"
+    resume = last if checkpointing and cfg.resume and last.exists() and not cfg.trainer.fast_dev_run else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
     if best.state is not None:
         module.load_state_dict(best.state, strict=True)
     fold_standardisation(model, mean, std)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from sitenet.model import SiteNetEncoder
+from training.accel import compiled, resolve_precision, should_compile
+from training.checkpoints import EpochMetricsCarry, LastCheckpoint, RngStateCheckpoint, TrainLoaderPosition
 from training.configs import PretrainConfig, TrainerConfig
 from training.data import CrystalDataModule
 from training.dim import DeepInfoMax
@@ -31,9 +34,10 @@ class PretrainModule(L.LightningModule):
     """Optimises a :class:`DeepInfoMax`; validation is noise-free with a seeded permutation (comparable epochs)."""
 
     def __init__(self, dim: DeepInfoMax, *, lr: float, weight_decay: float, config: dict | None = None,
-                 history_path: str | None = None):
+                 history_path: str | None = None, compile: bool | str = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["dim", "history_path"])
+        self.save_hyperparameters(ignore=["dim", "history_path", "compile"])
+        self.compile_setting = compile
         self.dim = dim
         self.history_path = Path(history_path) if history_path else None
         self.history: list[dict] = []
@@ -77,14 +81,27 @@ class PretrainModule(L.LightningModule):
             self.history_path.write_text(json.dumps(self.history, indent=2))
 
     def on_fit_start(self) -> None:
+        if should_compile(self.compile_setting, self.trainer.estimated_stepping_batches):
+            self.dim.forward = compiled(self.dim.forward)  # instance attribute: the state dict is unchanged
         if self.history_path is not None and self.history_path.exists():  # a resumed run keeps earlier epochs
             self.history = json.loads(self.history_path.read_text())
+
+    def on_fit_end(self) -> None:
+        self.dim.__dict__.pop("forward", None)  # the saved encoder is the plain module
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_embeddings:
             return
-        emb = self.all_gather(torch.cat(self._val_embeddings)).reshape(-1, self._val_embeddings[0].shape[-1])  # (M,E)
+        local = torch.cat(self._val_embeddings)  # (m,E) this rank's rows
         self._val_embeddings.clear()
+        if self.trainer.world_size > 1:  # ranks may hold different numbers of rows: pad to the longest, gather, trim
+            counts = self.all_gather(torch.tensor(local.shape[0], device=local.device)).reshape(-1)  # (W,)
+            padded = local.new_zeros(int(counts.max()), local.shape[1])
+            padded[: local.shape[0]] = local
+            gathered = self.all_gather(padded)  # (W,max m,E)
+            emb = torch.cat([gathered[r, : int(c)] for r, c in enumerate(counts.tolist())])  # (M,E)
+        else:
+            emb = local
         var = emb.var(0, unbiased=False)  # (E,)
         self.log("val/embedding_var_mean", var.mean())
         self.log("val/embedding_var_min", var.min())
@@ -100,15 +117,18 @@ class PretrainModule(L.LightningModule):
 def make_trainer(t: TrainerConfig, output: Path, callbacks: list[Callback], *, with_loggers: bool = True,
                  checkpointing: bool = True) -> L.Trainer:
     """The one Trainer factory: DDP, devices and nodes come from the config. ``checkpointing=False`` stops
-    Lightning from adding its default ModelCheckpoint (it writes into the working directory)."""
+    Lightning from adding its default ModelCheckpoint (it writes into the working directory). Checkpoints
+    always carry the RNG states, the train loader's position and the running epoch metrics
+    (:mod:`training.checkpoints`), for an exact resume."""
     if t.threads:
         torch.set_num_threads(t.threads)
+    callbacks = [RngStateCheckpoint(), TrainLoaderPosition(), EpochMetricsCarry(), *callbacks]
     loggers = [CSVLogger(output, name="logs"), TensorBoardLogger(output, name="tb")] if with_loggers else False
     if t.progress_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
     return L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
-        num_nodes=t.num_nodes, precision=t.precision, logger=loggers, callbacks=callbacks,
+        num_nodes=t.num_nodes, precision=resolve_precision(t.precision, t.accelerator), logger=loggers, callbacks=callbacks,
         log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, fast_dev_run=t.fast_dev_run, enable_progress_bar=t.progress_bar,
         use_distributed_sampler=False,  # BucketBatchSampler shards batches by rank itself
@@ -122,12 +142,18 @@ def load_weights(module: L.LightningModule, ckpt: str | Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
+def pretrain(cfg: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> Path:
     """Train an encoder with Deep InfoMax and save it.
 
     Writes ``<output>/encoder/`` (``save_pretrained``: config.json + model.safetensors), ``<output>/config.json``
     (the resolved PretrainConfig), ``<output>/history.json`` (per-epoch losses and embedding variances),
-    ``<output>/checkpoints/`` (resumable) and CSV/TensorBoard logs.
+    ``<output>/checkpoints/`` and CSV/TensorBoard logs. ``checkpoints/last.ckpt`` is written at every epoch end
+    and every ``trainer.checkpoint_every_n_steps`` steps; with ``cfg.resume`` a rerun continues from it exactly
+    (mid-epoch too: data position, optimiser, RNG states).
+
+    Args:
+        cfg: the run.
+        callbacks: extra Trainer callbacks (monitoring, tests).
 
     Returns:
         The encoder folder.
@@ -147,14 +173,14 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if not cfg.resume and history_path.exists():
         history_path.unlink()
     module = PretrainModule(dim, lr=cfg.lr, weight_decay=cfg.weight_decay, config=cfg.model_dump(mode="json"),
-                            history_path=str(history_path))
+                            history_path=str(history_path), compile=cfg.trainer.compile)
     ckpt_dir = output / "checkpoints"
     if cfg.select == "val_loss":
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}", monitor="val/dim", mode="min",
-                                     save_last=True)
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}", monitor="val/dim", mode="min")
     else:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}", save_last=True)
-    trainer = make_trainer(cfg.trainer, output, [checkpoint])
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}")
+    last_ckpt = LastCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every_n_steps)  # last.ckpt: steps and epoch ends
+    trainer = make_trainer(cfg.trainer, output, [checkpoint, last_ckpt, *callbacks])
     last = ckpt_dir / "last.ckpt"
     resume = last if cfg.resume and last.exists() and not cfg.trainer.fast_dev_run else None
     if resume:

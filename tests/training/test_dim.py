@@ -104,3 +104,38 @@ def test_jsd_loss_falls_when_positives_are_learnable(make_batch, tiny_config, sm
     first, last = np.array(losses[:3]).mean(0), np.array(losses[-3:]).mean(0)
     assert (last < first - 0.1).all(), (first, last)  # both levels learn
     assert (first > 1.2).all()  # near 2 ln 2 at the start: the critics begin uninformed
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_corrupted_passes_sharing_the_pair_embedding_equal_recomputing_it(make_batch, tiny_config, blocks):
+    """The three corrupted local passes reuse the real pass's pair embedding (rows of the partner crystal for
+    the structure-corrupted one); they must equal passes that embed the corrupted pair tensors afresh,
+    as the objective is defined (method.md C.4), at every real site."""
+    torch.manual_seed(0)
+    enc = SiteNetEncoder(tiny_config.model_copy(update={"blocks": blocks}))
+    dim = DeepInfoMax(enc, negatives="domain-aware")
+    b = make_batch([3, 40, 7, 120, 11])  # different P and N, so partner rows are padded differently
+    site, species, pair, parent, sm, am = (b[k] for k in ("site", "species", "pair", "parent", "site_mask", "atom_mask"))
+    partner = partner_crystals(len(site))
+    with torch.no_grad():
+        shared = dim.corrupted_sites(site, species, enc.pair_embed(pair), parent, sm, am, partner,
+                                     torch.Generator().manual_seed(1))
+        pi, pb = partner_sites(sm, partner), partner[:, None]
+        real = sm.unsqueeze(-1).float()
+        keys = am & am[partner]
+        pair_s = pair[pb, pi] * (sm[:, :, None] & keys[:, None, :]).unsqueeze(-1).float()
+        perm = torch.argsort(torch.rand(am.shape, generator=torch.Generator().manual_seed(1)).masked_fill(~am, 2.0), 1)
+        fresh = [enc.local(site[pb, pi] * real, species[pb, pi] * sm, pair, parent, sm, am)[0],
+                 enc.local(site, species, pair_s, parent, sm, keys)[0],
+                 enc.local(site, species, pair, torch.gather(parent, 1, perm), sm, am)[0]]
+    for got, want in zip(shared, fresh):
+        torch.testing.assert_close(got[sm], want[sm], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["mish", "silu"])
+def test_activation_setting_reaches_every_mlp_and_critic(tiny_config, activation):
+    from sitenet.model import ACTIVATIONS
+
+    dim = DeepInfoMax(SiteNetEncoder(tiny_config.model_copy(update={"activation": activation})))
+    kinds = {type(m) for m in dim.modules() if type(m) in ACTIVATIONS.values()}
+    assert kinds == {ACTIVATIONS[activation]}
