@@ -77,6 +77,9 @@ class PretrainConfig(_Frozen):
     weight_decay: float = Field(1e-4, ge=0)
     select: Literal["val_loss", "last"] = Field("val_loss", description="checkpoint kept: lowest validation DIM "
                                                "loss, or the last epoch; never chosen by labels")
+    probe_labels: int = Field(1000, ge=0, description="after each validation, log a random forest's validation MAE "
+                              "on the frozen embeddings of this many labelled training crystals (insight only, "
+                              "never used for selection; 0: off)")
     output: str = "runs/dim-mp2018"
     resume: bool = Field(True, description="resume from <output>/checkpoints/last.ckpt if it exists")
     seed: int = 0

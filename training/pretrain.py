@@ -24,6 +24,7 @@ from training.checkpoints import EpochMetricsCarry, LastCheckpoint, RngStateChec
 from training.configs import PretrainConfig, TrainerConfig
 from training.data import CrystalDataModule
 from training.dim import DeepInfoMax
+from training.probe import EmbeddingProbe
 
 log = logging.getLogger(__name__)
 INPUTS = ("site", "species", "pair", "parent", "site_mask", "atom_mask")
@@ -180,7 +181,9 @@ def pretrain(cfg: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> Path
     else:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}")
     last_ckpt = LastCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every_n_steps)  # last.ckpt: steps and epoch ends
-    trainer = make_trainer(cfg.trainer, output, [checkpoint, last_ckpt, *callbacks])
+    probe = [EmbeddingProbe(data.corpus, data.splits.train, data.splits.val, cfg.data, labels=cfg.probe_labels,
+                            seed=cfg.seed)] if cfg.probe_labels else []
+    trainer = make_trainer(cfg.trainer, output, [checkpoint, last_ckpt, *probe, *callbacks])
     last = ckpt_dir / "last.ckpt"
     resume = last if cfg.resume and last.exists() and not cfg.trainer.fast_dev_run else None
     if resume:
@@ -196,4 +199,38 @@ def pretrain(cfg: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> Path
             "best_checkpoint": checkpoint.best_model_path or None,
             "splits": {k: int(len(getattr(data.splits, k))) for k in ("train", "val", "test")},
             "epochs": module.history}, indent=2))
+        plot_history(module.history, output / "history.png")
     return folder
+
+
+def plot_history(epochs: list[dict], path: str | Path) -> Path:
+    """DIM losses per epoch (train and validation, local and global level, chance line) and, when logged, the
+    frozen-embedding probes, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probes = sorted({k for e in epochs for k in e if k.startswith("val/probe_")})
+    fig, axes = plt.subplots(1, 3 if probes else 2, figsize=(15 if probes else 10, 3.8))
+    x = [e["epoch"] for e in epochs]
+    for ax, stage in zip(axes[:2], ("train", "val")):
+        for name in ("dim_local", "dim_global"):
+            y = [e.get(f"{stage}/{name}", float("nan")) for e in epochs]
+            ax.plot(x, y, marker="o", ms=3, label=name.replace("_", " "))
+        ax.axhline(2 * 0.6931, color="grey", ls="--", lw=1, label="chance (2 ln 2)")  # JSD loss of a blind critic
+        ax.set(title=f"{stage} DIM loss per level", xlabel="epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("JSD loss")
+    axes[1].legend()
+    for key in probes:  # insight only: the checkpoint is chosen by validation DIM loss
+        axes[2].plot(x, [e.get(key, float("nan")) for e in epochs], marker="o", ms=3,
+                     label=key.removeprefix("val/probe_").removesuffix("_mae"))
+    if probes:
+        axes[2].set(title="frozen-embedding probe (RF), validation MAE", xlabel="epoch")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -25,10 +25,11 @@ from sitenet.config import UNITS
 from sitenet.elements import raw_table
 from sitenet.model import SiteNetEncoder, SiteNetRegressor
 from training.configs import PretrainConfig, StudyConfig, merged
-from training.data import Corpus, load_corpus, loader, make_splits
+from training.data import Corpus, load_corpus, make_splits
 from training.evaluate import metrics, predict
 from training.finetune import finetune, load_encoder
-from training.pretrain import INPUTS, pretrain
+from training.pretrain import pretrain
+from training.probe import embed
 
 log = logging.getLogger(__name__)
 REGRESSORS = ("linear", "mlp", "rf")
@@ -44,18 +45,6 @@ def composition_features(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
         props = table[corpus.store[int(corpus.store_row[r])].atomic_numbers]  # (P,F)
         mean = props.mean(0)
         out[k] = np.concatenate([mean, np.sqrt(((props - mean) ** 2).mean(0)), props.min(0), props.max(0)])
-    return out
-
-
-@torch.no_grad()
-def embed(encoder: SiteNetEncoder, corpus: Corpus, rows: np.ndarray, cfg) -> np.ndarray:
-    """Frozen crystal embeddings g (no noise), (len(rows), E), in the order of ``rows``."""
-    encoder.eval()
-    out = np.zeros((len(rows), encoder.config.embedding_dim))
-    position = {int(r): k for k, r in enumerate(rows)}
-    for batch in loader(corpus, rows, cfg):
-        g = encoder(**{k: batch[k] for k in INPUTS}).embedding  # (B,E)
-        out[[position[int(r)] for r in batch["row"]]] = g.numpy()
     return out
 
 

@@ -27,7 +27,9 @@ def test_pretrain_smoke_and_resume(tmp_path, tiny_config, sample_store, sample_c
     epoch = history["epochs"][0]
     assert len(epoch["embedding_variance"]) == tiny_config.embedding_dim
     assert "val/dim" in epoch and "train/dim_local" in epoch
+    assert 0 < epoch["val/probe_formation_energy_mae"] < 5  # the frozen-embedding probe, eV/atom
     assert (tmp_path / "dim" / "checkpoints" / "last.ckpt").exists()
     pretrain(_config(tmp_path, 2, tiny_config, sample_cache))  # resumes at epoch 1 from last.ckpt
     history = json.loads((tmp_path / "dim" / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [0, 1]  # the resumed run keeps epoch 0's record
+    assert (tmp_path / "dim" / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the loss curves
