@@ -39,6 +39,22 @@ def metrics(target: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return band_gap_metrics(y, pred) if target == "band_gap" else regression_metrics(y, pred)
 
 
+#: Upper edges of the primitive-cell size bins of ``mae_by_size`` (sites).
+SIZE_BINS = (2, 4, 8, 16, 32, 64, 10**9)
+
+
+def mae_by_size(y: np.ndarray, pred: np.ndarray, sites: np.ndarray) -> list[dict]:
+    """MAE per bin of primitive-cell site count: [{"sites": "3-4", "count", "mae"}, ...] (empty bins left out)."""
+    out, low = [], 1
+    for high in SIZE_BINS:
+        inside = (sites >= low) & (sites <= high)
+        if inside.any():
+            label = f"{low}-{high}" if high < 10**9 else f"{low}+"
+            out.append({"sites": label, "count": int(inside.sum()), "mae": float(np.abs(pred - y)[inside].mean())})
+        low = high + 1
+    return out
+
+
 @torch.no_grad()
 def predict(model: SiteNetRegressor, corpus: Corpus, rows: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """Predictions (len(rows),) of ``model``'s target, in the order of ``rows``."""
@@ -84,7 +100,7 @@ def evaluate(model_dir: str | Path, output: str | Path, *, data: DataConfig = Da
     y = corpus.labels(target)[rows]
     pred = predict(model, corpus, rows, data)
     result = {"model": str(model_dir), "target": target, "unit": UNITS[target], "split": "held-out (labels_agree)",
-              "metrics": metrics(target, y, pred)}
+              "metrics": metrics(target, y, pred), "mae_by_size": mae_by_size(y, pred, corpus.sizes(rows)[:, 0])}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(result, indent=2))

@@ -20,6 +20,7 @@ import numpy as np
 
 from training.configs import DataConfig
 from training.data import Corpus, load_corpus, make_splits
+from training.evaluate import mae_by_size, metrics
 
 log = logging.getLogger(__name__)
 CACHE = Path("cache/magpie")
@@ -63,7 +64,7 @@ def evaluate_baseline(data: DataConfig, *, targets: tuple[str, ...] = ("band_gap
     """Train Magpie + random forest per target on the zoo recipes' training rows and score the held-out rows.
 
     Returns:
-        {target: {"n_train", "n_test", "mae", ...}} (band gap adds "mae_nonmetal", "metal_accuracy").
+        {target: {"n_train", "n_test", training.evaluate.metrics..., "mae_by_size"}}.
     """
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
@@ -81,14 +82,9 @@ def evaluate_baseline(data: DataConfig, *, targets: tuple[str, ...] = ("band_gap
                   "mae_regressor_only": float(np.abs(pred - y_test).mean())}
         if target == "band_gap":
             metal = RandomForestClassifier(n_estimators=trees, n_jobs=jobs, random_state=seed).fit(x_train, y_train <= 0)
-            is_metal = metal.predict(x_test)
-            gated = np.where(is_metal, 0.0, pred)  # as the zoo's band-gap models: "metal" means exactly 0 eV
-            nonmetal = y_test > 0
-            result.update(mae=float(np.abs(gated - y_test).mean()),
-                          mae_nonmetal=float(np.abs(gated - y_test)[nonmetal].mean()),
-                          metal_accuracy=float((is_metal == (y_test <= 0)).mean()))
-        else:
-            result["mae"] = result["mae_regressor_only"]
+            pred = np.where(metal.predict(x_test), 0.0, pred)  # as the zoo's band-gap models: "metal" is exactly 0 eV
+        result.update(metrics(target, y_test, pred))
+        result["mae_by_size"] = mae_by_size(y_test, pred, corpus.sizes(splits.test)[:, 0])
         result["seconds"] = time.perf_counter() - t
         log.info("%s: Magpie + RF MAE %.4f on %d held-out crystals", target, result["mae"], len(y_test))
         out[target] = result
@@ -100,13 +96,20 @@ def write_results(results: dict, output: str | Path, command: str) -> None:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=2))
+    units = {"band_gap": "eV", "formation_energy": "eV/atom"}
     lines = ["# Magpie + random forest: the composition-only baseline", "", f"Command: `{command}`", "",
              "| target | training labels | held-out crystals | MAE | non-metal MAE | metal/non-metal accuracy |",
              "|---|---|---|---|---|---|"]
-    units = {"band_gap": "eV", "formation_energy": "eV/atom"}
     for target, r in results.items():
+        extra = (f"{r['mae_nonmetal']:.4f} | {100 * r['metal_accuracy']:.1f}%" if "metal_accuracy" in r else "– | –")
         lines.append(f"| {target} | {r['n_train']:,} | {r['n_test']:,} | {r['mae']:.4f} {units.get(target, '')} | "
-                     f"{r.get('mae_nonmetal', float('nan')):.4f} | {100 * r.get('metal_accuracy', float('nan')):.1f}% |"
-                     if target == "band_gap" else
-                     f"| {target} | {r['n_train']:,} | {r['n_test']:,} | {r['mae']:.4f} {units.get(target, '')} | – | – |")
+                     f"{extra} |")
+    lines += ["", "MAE by primitive-cell size (sites), held-out crystals:", "",
+              "| sites | " + " | ".join(f"{t} (count, MAE)" for t in results) + " |",
+              "|---|" + "---|" * len(results)]
+    bins = [b["sites"] for b in next(iter(results.values()))["mae_by_size"]]
+    for label in bins:
+        cells = [next((f"{b['count']:,}, {b['mae']:.4f}" for b in r["mae_by_size"] if b["sites"] == label), "–")
+                 for r in results.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -42,3 +42,14 @@ def test_baseline_trains_on_training_rows_and_scores_held_out_rows(corpus_and_da
     assert 0 < gap["mae"] < 2.0 and 0.5 < gap["metal_accuracy"] <= 1.0
     write_results(results, tmp_path / "baseline", "sitenet baseline")
     assert "| band_gap |" in (tmp_path / "baseline.md").read_text()
+
+
+def test_mae_by_size_bins_every_crystal_once():
+    from training.evaluate import mae_by_size
+
+    sites = np.array([1, 2, 3, 8, 9, 200])
+    y, pred = np.zeros(6), np.array([1.0, 3.0, 2.0, 4.0, 5.0, 7.0])
+    bins = mae_by_size(y, pred, sites)
+    assert [b["sites"] for b in bins] == ["1-2", "3-4", "5-8", "9-16", "65+"]  # empty bins left out
+    assert sum(b["count"] for b in bins) == 6
+    assert bins[0]["mae"] == 2.0 and bins[-1]["mae"] == 7.0
