@@ -23,7 +23,8 @@ the sample has the epoch's size mix. Variants, each timed over the same batches,
 Each thread count runs in its own phase because inductor specialises its CPU kernels to the thread count.
 The parity check trains the real ``finetune()`` and ``pretrain()`` for a short fixed schedule (3 seeds) in the
 baseline and in the chosen numerics and compares validation MAE / DIM loss; compiled and eager losses of the
-same weights are compared on the timed batches. Writes benchmarks/results/train_step.{json,md}.
+same weights are compared on the timed batches. Writes benchmarks/results/train_step.{json,md,png}
+(``--plot-only`` redraws the PNG from the JSON).
 """
 
 from __future__ import annotations
@@ -266,6 +267,31 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: Path) -> None:
+    """Speed-up over the old configuration, one panel per thread count, bars per variant and step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = result["phases"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 3.8), sharey=True, squeeze=False)
+    width = 0.8 / len(KINDS)
+    for ax, (threads, phase) in zip(axes[0], phases.items()):
+        for k, kind in enumerate(KINDS):
+            ys = [phase["rates"].get(kind, {}).get(v, {}).get("speedup", 0.0) for v in VARIANTS]
+            ax.bar([i + (k - 1) * width for i in range(len(VARIANTS))], ys, width, label=kind)
+        ax.axhline(1.0, color="grey", lw=1)
+        ax.axhline(3.0, color="grey", lw=1, ls="--")
+        ax.set_xticks(range(len(VARIANTS)), list(VARIANTS), rotation=30, ha="right")
+        ax.set(title=f"{threads} thread(s)", ylabel="speed-up over baseline (crystals/s)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
@@ -274,7 +300,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="parity-check seeds")
     parser.add_argument("--skip-parity", action="store_true")
     parser.add_argument("--output", default=str(RESULTS / "train_step"))
+    parser.add_argument("--plot-only", action="store_true", help="redraw <output>.png from <output>.json")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.output + ".json").read_text()), Path(args.output + ".png"))
+        return 0
     logging.basicConfig(level=logging.WARNING)
 
     data = DataConfig()  # the recipes' batching: 64 crystals, 150,000 padded pairs, P <= 50
@@ -306,6 +336,7 @@ def main() -> int:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output + ".json").write_text(json.dumps(result, indent=2))
     Path(args.output + ".md").write_text(text)
+    plot(result, Path(args.output + ".png"))
     return 0
 
 
