@@ -40,17 +40,23 @@ def finetune_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_config(sets: list[str] | None):
+    """A DataConfig from ``--set data.key=value`` items (the ``data.`` prefix is optional)."""
+    from training.configs import DataConfig
+
+    overrides = {}
+    for item in sets or []:
+        key, _, value = item.partition("=")
+        overrides[key.removeprefix("data.")] = value
+    return DataConfig.model_validate(overrides)
+
+
 def evaluate_main(args: argparse.Namespace) -> int:
     """Score a fine-tuned model folder on the held-out split; writes <output>.json and <output>.png."""
-    from training.configs import DataConfig
     from training.evaluate import evaluate
 
     _setup_logging()
-    overrides = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        overrides[key.removeprefix("data.")] = value
-    data = DataConfig.model_validate(overrides)
+    data = _data_config(args.set)
     output = args.output or str(Path(args.model).with_name(Path(args.model).name + "-eval"))
     print(json.dumps(evaluate(args.model, output, data=data), indent=2))
     return 0
@@ -70,12 +76,10 @@ def study_main(args: argparse.Namespace) -> int:
 
 def baseline_main(args: argparse.Namespace) -> int:
     """Magpie + random forest on the zoo recipes' training labels, scored on the held-out split."""
-    from training.configs import DataConfig
     from training.magpie import evaluate_baseline, write_results
 
     _setup_logging()
-    overrides = dict(item.partition("=")[::2] for item in args.set or [])
-    data = DataConfig.model_validate({k.removeprefix("data."): v for k, v in overrides.items()})
+    data = _data_config(args.set)
     results = evaluate_baseline(data, targets=tuple(args.targets), trees=args.trees, seed=args.seed)
     command = "sitenet baseline" + "".join(f" --set {s}" for s in args.set or [])
     write_results(results, args.output, command)

@@ -163,9 +163,9 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
     model = SiteNetRegressor.from_encoder(encoder, reg)
     if cfg.mode == "frozen":
         model.encoder.requires_grad_(False)
-    for name in ("local_logvar", "embedding_logvar"):  # DIM's noise heads take no part in the regression, and
-        if isinstance(getattr(model.encoder, name, None), torch.nn.Module):  # DDP rejects unused trainable ones
-            getattr(model.encoder, name).requires_grad_(False)
+    # DIM's noise heads take no part in the regression, and DDP rejects unused trainable parameters
+    model.encoder.local_logvar.requires_grad_(False)
+    model.encoder.embedding_logvar.requires_grad_(False)
     y = data.corpus.labels(cfg.target)[data.splits.train]
     scale_rows = y[y > 0] if cfg.target == "band_gap" and cfg.metal_classifier and (y > 0).any() else y
     mean, std = float(scale_rows.mean()), float(max(scale_rows.std(), 1e-3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from sitenet.batch import INPUT_NAMES
 from sitenet.model import SiteNetEncoder
 from training.accel import compiled, resolve_precision, should_compile
 from training.checkpoints import EpochMetricsCarry, LastCheckpoint, RngStateCheckpoint, TrainLoaderPosition
@@ -27,7 +29,7 @@ from training.dim import DeepInfoMax
 from training.probe import EmbeddingProbe
 
 log = logging.getLogger(__name__)
-INPUTS = ("site", "species", "pair", "parent", "site_mask", "atom_mask")
+INPUTS = INPUT_NAMES  # the model's inputs, by name, in every batch
 COLLAPSED_VARIANCE = 1e-3  # a dimension whose validation variance is below this carries ~no information
 
 
@@ -218,7 +220,7 @@ def plot_history(epochs: list[dict], path: str | Path) -> Path:
         for name in ("dim_local", "dim_global"):
             y = [e.get(f"{stage}/{name}", float("nan")) for e in epochs]
             ax.plot(x, y, marker="o", ms=3, label=name.replace("_", " "))
-        ax.axhline(2 * 0.6931, color="grey", ls="--", lw=1, label="chance (2 ln 2)")  # JSD loss of a blind critic
+        ax.axhline(2 * math.log(2), color="grey", ls="--", lw=1, label="chance (2 ln 2)")  # a blind critic's JSD loss
         ax.set(title=f"{stage} DIM loss per level", xlabel="epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("JSD loss")

@@ -59,14 +59,16 @@ class EmbeddingProbe(Callback):
             return
         from sklearn.ensemble import RandomForestRegressor
 
-        encoder = module.dim.encoder
+        if trainer.is_global_zero:  # every crystal any probe needs, embedded once
+            rows = np.unique(np.concatenate([r for pair in self.sets.values() for r in pair]))
+            g = embed(module.dim.encoder, self.corpus, rows, self.cfg)  # (len(rows),E)
         for target, (train, val) in self.sets.items():
             mae = float("nan")
             if trainer.is_global_zero:
                 y = self.corpus.labels(target)
                 forest = RandomForestRegressor(n_estimators=self.trees, random_state=self.seed, n_jobs=1)
-                forest.fit(embed(encoder, self.corpus, train, self.cfg), y[train])
-                mae = float(np.abs(forest.predict(embed(encoder, self.corpus, val, self.cfg)) - y[val]).mean())
+                forest.fit(g[np.searchsorted(rows, train)], y[train])
+                mae = float(np.abs(forest.predict(g[np.searchsorted(rows, val)]) - y[val]).mean())
             value = torch.tensor(mae, device=module.device)
             if trainer.world_size > 1:
                 value = trainer.strategy.broadcast(value, src=0)
