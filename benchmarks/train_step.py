@@ -101,7 +101,7 @@ class Step:
         encoder = SiteNetEncoder(SiteNetConfig(activation=activation))
         if kind == "finetune":
             model = SiteNetRegressor.from_encoder(encoder, RegressorConfig(encoder=encoder.config))
-            self.module = FinetuneModule(model, lr=1e-3, weight_decay=1e-4, mean=-1.5, std=1.1)
+            self.module = FinetuneModule(model, lr=1e-3, weight_decay=1e-4, scaling={"formation_energy": (-1.5, 1.1)})
             if compile_:
                 model.raw = compiled(model.raw)
             self.loss = lambda b: self.module._losses(b)[0]

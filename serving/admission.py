@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import math
 import time
@@ -32,6 +33,16 @@ from serving.errors import Message, Receive, Scope, Send, overloaded_response
 
 #: What happened to each request the middleware saw, as counted on /metrics (``sitenet_admission_total``).
 OUTCOMES = ("admitted", "queue_full", "queue_timeout", "disconnected")
+
+#: ``time.monotonic()`` when the middleware first saw the request: the service measures the request's queue
+#: wait and its run-time limit from it (set here, read in the endpoint's task, which inherits the context).
+_ARRIVAL: contextvars.ContextVar[float | None] = contextvars.ContextVar("sitenet_arrival", default=None)
+
+
+def arrival_time() -> float:
+    """When the current request arrived (now, if it did not pass through :class:`Admission`)."""
+    arrived = _ARRIVAL.get()
+    return time.monotonic() if arrived is None else arrived
 
 
 @functools.cache
@@ -69,6 +80,7 @@ class Admission:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
+        _ARRIVAL.set(time.monotonic())
         if self.active < self.limit and not self.waiting:
             self.active += 1
         elif len(self.waiting) >= self.queue:

@@ -15,6 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 Target = Literal["band_gap", "formation_energy"]
 
 
+def _null_first(schema: dict[str, Any]) -> None:
+    """Put ``null`` first among a nullable field's ``anyOf``. BentoML's client decodes a response by the
+    *first* member of each ``anyOf`` (bentoml 1.4, ``_bentoml_sdk/method.py::_flatten_field``): with the
+    array first, it iterates over a null embedding and raises ``TypeError: 'NoneType' object is not
+    iterable``; with null first it passes the value through as the JSON has it."""
+    schema.get("anyOf", []).sort(key=lambda member: member.get("type") != "null")
+
+
+#: 64 floats of the DIM embedding, or null when not asked for (see ``_null_first``).
+OptionalFloats = Annotated[list[float] | None, Field(json_schema_extra=_null_first)]
+
+
 class PredictOptions(BaseModel):
     """What to predict."""
 
@@ -33,7 +45,7 @@ class PredictionOut(BaseModel):
     band_gap: float | None = Field(None, description="band gap, eV (exactly 0 when metal_probability >= 0.5)")
     metal_probability: float | None = Field(None, description="probability that the crystal is a metal (gap 0)")
     formation_energy: float | None = Field(None, description="formation energy, eV/atom")
-    embedding: list[float] | None = Field(None, description="DIM encoder crystal embedding (64 floats), if asked for")
+    embedding: OptionalFloats = Field(None, description="DIM encoder crystal embedding (64 floats), if asked for")
     models: dict[str, str] = Field(default_factory=dict,
                                    description="role -> '<model>@<first 12 hex of model.onnx sha256>' of the models used")
 
@@ -50,6 +62,8 @@ class BatchItemOut(BaseModel):
     """The outcome for input ``index``: a prediction or an error, never both."""
 
     index: int = Field(description="position of the CIF in the request (upload order for files)")
+    block: str | None = Field(None, description="the data block's name, when the file holds several crystals: "
+                              "each such block has its own entry, in block order, all with the file's index")
     prediction: PredictionOut | None = None
     error: ErrorOut | None = None
 
@@ -66,9 +80,10 @@ class EmbeddingItemOut(BaseModel):
     """The embedding of input ``index``, or why there is none."""
 
     index: int = Field(description="position of the CIF in the request (upload order for files)")
+    block: str | None = Field(None, description="the data block's name, when the file holds several crystals")
     formula: str | None = None
     n_sites: int | None = None
-    embedding: list[float] | None = Field(None, description="64 floats from the DIM encoder")
+    embedding: OptionalFloats = Field(None, description="64 floats from the DIM encoder")
     error: ErrorOut | None = None
 
 

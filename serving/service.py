@@ -14,8 +14,10 @@ the CPU work runs in a few threads per worker (``SITENET_MODEL_THREADS``), not o
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
@@ -24,12 +26,15 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from serving.admission import Admission
+from serving.admission import Admission, arrival_time
 from serving.errors import (RequestGuard, error_response, overloaded_response, rejection_out,
                             rejection_response)
 from serving.inference import SETTINGS, SiteNetModels, load_predictor
 from serving.schemas import (BatchItemOut, BatchOut, EmbeddingItemOut, EmbedOut, InferItem, InferOut, InfoOut,
                              PredictionOut, PredictOptions)
+from sitenet.errors import DeadlineExceededError, SiteNetError
+from sitenet.cif import split_blocks
+from sitenet.limits import check_deadline, deadline
 from sitenet.predict import Prediction, Prepared, Rejection
 
 logger = logging.getLogger("sitenet.serving")
@@ -39,11 +44,15 @@ PLACEMENT = {"batching": SETTINGS.batching_mode(), "http_workers": SETTINGS.work
 OVERLOAD_LIMITS = {"max_concurrency": SETTINGS.concurrency_limit(), "max_queue": SETTINGS.queue_limit(),
                    "queue_timeout_s": SETTINGS.queue_timeout_s, "model_threads": SETTINGS.thread_count()}
 INLINE = PLACEMENT["batching"] == "inline"
+#: BentoML's own request timeout, a safety net behind the service's (``SITENET_TIMEOUT_S``, answered 504 in the
+#: error shape with the request's work stopped): BentoML's answer has another shape and leaves the work running.
+BENTOML_TIMEOUT_S = SETTINGS.timeout_s + 10
+T = TypeVar("T")
 ROUTES = {"/predict": "multipart", "/predict_files": "multipart", "/embed_files": "multipart",
           "/predict_text": "json", "/predict_batch": "json", "/embed": "json"}
 
 
-@bentoml.service(name="sitenet", workers=PLACEMENT["http_workers"], traffic={"timeout": SETTINGS.timeout_s})
+@bentoml.service(name="sitenet", workers=PLACEMENT["http_workers"], traffic={"timeout": BENTOML_TIMEOUT_S})
 class SiteNetService:
     """Band gap (eV), formation energy (eV/atom) and DIM embeddings of crystals given as CIF."""
 
@@ -62,24 +71,31 @@ class SiteNetService:
 
     @bentoml.api(route="/predict")
     async def predict(self, cif: Path, options: PredictOptions = PredictOptions()) -> PredictionOut:
-        """Predict one uploaded CIF file: ``curl -F cif=@x.cif [-F 'options={"return_embedding":true}']``."""
+        """Predict one uploaded CIF file: ``curl -F cif=@x.cif [-F 'options={"return_embedding":true}']``.
+
+        One crystal per file: a file of several data blocks is read if only one block holds a structure
+        (e.g. a publication block and a crystal), and refused with 422 ``multiple_data_blocks`` naming the
+        blocks if several do; ``/predict_files`` and ``/predict_batch`` predict every block of such a file."""
         return await self._one(cif.read_bytes(), options)
 
     @bentoml.api(route="/predict_text")
     async def predict_text(self, cif: str = Field(description="CIF text"),
                            options: PredictOptions = PredictOptions()) -> PredictionOut:
-        """Predict one CIF given as text in JSON: ``{"cif": "data_...", "options": {...}}``."""
+        """Predict one CIF given as text in JSON: ``{"cif": "data_...", "options": {...}}``. Several data blocks:
+        as ``/predict``."""
         return await self._one(cif.encode("utf-8", "surrogateescape"), options)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, cifs: list[str] = Field(description="CIF texts"),
                             options: PredictOptions = PredictOptions()) -> BatchOut:
-        """Predict many CIF texts; each entry has a prediction or its own error."""
+        """Predict many CIF texts; each entry has a prediction or its own error. A text of several data blocks
+        gets one entry per block, in block order, each named by its block."""
         return await self._many([c.encode("utf-8", "surrogateescape") for c in cifs], options)
 
     @bentoml.api(route="/predict_files")
     async def predict_files(self, cifs: list[Path], options: PredictOptions = PredictOptions()) -> BatchOut:
-        """Predict several uploaded CIF files: ``curl -F cifs=@a.cif -F cifs=@b.cif``."""
+        """Predict several uploaded CIF files: ``curl -F cifs=@a.cif -F cifs=@b.cif``. A file of several data
+        blocks gets one entry per block, in block order, each named by its block."""
         return await self._many([p.read_bytes() for p in cifs], options)
 
     @bentoml.api(route="/embed")
@@ -106,12 +122,10 @@ class SiteNetService:
 
     # --- inference: prepare here (per item); run the batch here (inline) or in the model worker -------
     async def _run(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
-        if INLINE:  # the core's own path, in one worker thread: prepare each, run the batch, assemble
-            return await anyio.to_thread.run_sync(
-                lambda: self.predictor.predict(sources, targets=targets, return_embedding=embedding),
-                limiter=self.threads)
-        prepared = await anyio.to_thread.run_sync(lambda: [self.predictor.prepare(s) for s in sources],
-                                                  limiter=self.threads)
+        if INLINE:  # the core's own steps, in one model thread: prepare each, run the batch, assemble
+            return await self._in_thread(lambda: self._predict(sources, targets, embedding))
+        prepared = await self._in_thread(lambda: self._prepare(sources))
+        check_deadline("the models ran")
         ready = [(k, p) for k, p in enumerate(prepared) if isinstance(p, Prepared)]
         items = [InferItem(atomic_numbers=p.features.atomic_numbers, distance=p.features.distance,
                            images=p.features.images, targets=targets, embedding=embedding) for _, p in ready]
@@ -123,6 +137,48 @@ class SiteNetService:
             values = {**out.values, **({"embedding": out.embedding} if out.embedding is not None else {})}
             results[k] = (self.predictor.prediction(k, p, values) if out.error is None else
                           Rejection(k, "internal_error", out.error, http_status=500))
+        return results
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        """``work()`` in one of this worker's model threads, within the request's time limits, both counted
+        from its arrival: no thread free within ``queue_timeout_s`` -> 503 (``_QueueTimeout``), and past
+        ``timeout_s`` the work stops (``DeadlineExceededError``, 504) instead of finishing for nobody."""
+        arrived = arrival_time()
+        wait_s = arrived + SETTINGS.queue_timeout_s - time.monotonic()
+        try:
+            if wait_s <= 0:
+                self.threads.acquire_nowait()
+            else:
+                with anyio.fail_after(wait_s):
+                    await self.threads.acquire()
+        except (anyio.WouldBlock, TimeoutError):
+            raise _QueueTimeout from None
+        try:
+            # the deadline travels into the thread with the context: every CIF read there stops at it
+            with deadline(arrived + SETTINGS.timeout_s):
+                return await anyio.to_thread.run_sync(work)  # our own limiter is held: the default one is idle
+        finally:
+            self.threads.release()
+
+    def _prepare(self, sources: list[bytes]) -> list[Prepared | SiteNetError]:
+        prepared: list[Prepared | SiteNetError] = []
+        for source in sources:
+            check_deadline("all CIFs were read")
+            item = self.predictor.prepare(source)
+            if isinstance(item, DeadlineExceededError):  # the request's time, not this CIF's fault
+                raise item
+            prepared.append(item)
+        return prepared
+
+    def _predict(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
+        prepared = self._prepare(sources)
+        check_deadline("the models ran")
+        ready = [(k, p) for k, p in enumerate(prepared) if isinstance(p, Prepared)]
+        values = self.predictor.run([p for _, p in ready], targets=targets, return_embedding=embedding)
+        results: list[Prediction | Rejection] = [p if isinstance(p, Prepared) else Rejection.from_error(k, p)
+                                                 for k, p in enumerate(prepared)]
+        for (k, p), v in zip(ready, values):
+            results[k] = self.predictor.prediction(k, p, v)
         return results
 
     async def _infer(self, items: list[InferItem]) -> list[Any]:
@@ -141,8 +197,9 @@ class SiteNetService:
         if not sources:
             return error_response(400, "empty_request", "no CIF given")
         if len(sources) > SETTINGS.max_cifs:
-            return error_response(413, "too_many_cifs", f"{len(sources)} CIFs in one request, more than the limit "
-                                  f"of {SETTINGS.max_cifs}; split the request", {"n": len(sources), "max": SETTINGS.max_cifs})
+            return error_response(413, "too_many_cifs", f"{len(sources)} CIFs (data blocks of multi-block files "
+                                  f"counted one by one) in one request, more than the limit of {SETTINGS.max_cifs}; "
+                                  "split the request", {"n": len(sources), "max": SETTINGS.max_cifs})
         try:
             self.predictor.roles(targets, embedding)
         except ValueError as err:
@@ -157,6 +214,14 @@ class SiteNetService:
             return refusal
         try:
             return await self._run(sources, targets, embedding)
+        except _QueueTimeout:
+            return overloaded_response(f"the service is overloaded (no model thread became free within "
+                                       f"{SETTINGS.queue_timeout_s:g} s); retry later", 1,
+                                       {"reason": "queue_timeout", "queue_timeout_s": SETTINGS.queue_timeout_s})
+        except DeadlineExceededError as err:
+            return error_response(504, "timeout", f"{err.message} (the limit is {SETTINGS.timeout_s} s per request); "
+                                  "its work was stopped. Send fewer or smaller CIFs per request, or retry later",
+                                  {"timeout_s": SETTINGS.timeout_s})
         except _ModelsOverloaded:
             retry = max(1, math.ceil(SETTINGS.max_latency_ms / 1000))  # the wait the batcher refused to exceed
             return overloaded_response("the model worker is overloaded (its queue would exceed the latency budget "
@@ -171,24 +236,54 @@ class SiteNetService:
         return rejection_response(result) if isinstance(result, Rejection) else PredictionOut(**_fields(result))
 
     async def _many(self, sources: list[bytes], options: PredictOptions) -> Any:
-        results = await self._results(sources, list(options.targets), options.return_embedding)
+        items, origin = _split_blocks(sources)
+        results = await self._results(items, list(options.targets), options.return_embedding)
         if isinstance(results, JSONResponse):
             return results
-        entries = [BatchItemOut(index=r.index, error=rejection_out(r) if isinstance(r, Rejection) else None,
+        entries = [BatchItemOut(index=origin[r.index][0], block=origin[r.index][1],
+                                error=rejection_out(r) if isinstance(r, Rejection) else None,
                                 prediction=PredictionOut(**_fields(r)) if isinstance(r, Prediction) else None)
                    for r in results]
         n_ok = sum(e.prediction is not None for e in entries)
         return BatchOut(results=entries, n_ok=n_ok, n_failed=len(entries) - n_ok)
 
     async def _embed(self, sources: list[bytes]) -> Any:
-        results = await self._results(sources, [], True)
+        items, origin = _split_blocks(sources)
+        results = await self._results(items, [], True)
         if isinstance(results, JSONResponse):
             return results
-        entries = [EmbeddingItemOut(index=r.index, error=rejection_out(r)) if isinstance(r, Rejection) else
-                   EmbeddingItemOut(index=r.index, formula=r.formula, n_sites=r.n_sites, embedding=r.embedding)
+        entries = [EmbeddingItemOut(index=origin[r.index][0], block=origin[r.index][1], error=rejection_out(r))
+                   if isinstance(r, Rejection) else
+                   EmbeddingItemOut(index=origin[r.index][0], block=origin[r.index][1], formula=r.formula,
+                                    n_sites=r.n_sites, embedding=r.embedding)
                    for r in results]
         encoder = self.predictor.models["encoder"]
         return EmbedOut(results=entries, model=f"{encoder.name}@{encoder.version}")
+
+
+def _split_blocks(sources: list[bytes]) -> tuple[list[bytes], list[tuple[int, str | None]]]:
+    """Each file of several structure blocks becomes one item per block (in block order, named by block);
+    every other input stays one item. Returns the items and, per item, (input index, block name or None)."""
+    items: list[bytes] = []
+    origin: list[tuple[int, str | None]] = []
+    for k, source in enumerate(sources):
+        blocks: list[tuple[str, bytes]] = []
+        if source.count(b"data_") > 1:
+            try:
+                blocks = split_blocks(source)
+            except SiteNetError:
+                blocks = []  # read whole, the reader refuses it with the same error as an item of its own
+        if len(blocks) > 1:
+            items += [block for _, block in blocks]
+            origin += [(k, name) for name, _ in blocks]
+        else:
+            items.append(source)
+            origin.append((k, None))
+    return items, origin
+
+
+class _QueueTimeout(Exception):
+    """No model thread became free within ``queue_timeout_s`` of the request's arrival."""
 
 
 class _ModelsOverloaded(Exception):

@@ -13,10 +13,10 @@
     SITENET_MAX_BATCH_SIZE        adaptive batching: most crystals per ONNX batch
     SITENET_MAX_LATENCY_MS        adaptive batching: latency budget before the batcher sheds load (503)
     SITENET_WORKERS               HTTP worker processes (parsing, featurisation; the models too when inline)
-    SITENET_TIMEOUT_S             request timeout
+    SITENET_TIMEOUT_S             longest a request may run from its arrival; then 504 ``timeout`` and its work stops
     SITENET_MAX_CONCURRENCY       prediction requests worked on at once per HTTP worker (see ``concurrency_limit``)
     SITENET_MAX_QUEUE             requests waiting for a slot per HTTP worker; beyond it 503 ``overloaded`` at once
-    SITENET_QUEUE_TIMEOUT_S       longest wait for a slot; a request that waited this long gets 503, not a late answer
+    SITENET_QUEUE_TIMEOUT_S       longest wait for a slot or a model thread, from arrival; then 503, not a late answer
     SITENET_MODEL_THREADS         threads per HTTP worker that featurise and (inline) run the models
 """
 
@@ -58,7 +58,8 @@ class ServiceSettings(BaseModel):
     max_latency_ms: int = Field(10_000, ge=10, description="adaptive-batching latency budget, ms")
     workers: int | None = Field(None, ge=1, le=64, description="HTTP worker processes; None: inline, one per "
                                 "CPU core (half as many with CUDA); adaptive, one (see worker_count)")
-    timeout_s: int = Field(60, ge=1, description="request timeout, s")
+    timeout_s: int = Field(60, ge=1, description="longest a request may run from its arrival, s; then 504 timeout "
+                           "and its remaining work is stopped")
     max_concurrency: int | None = Field(None, ge=1, le=4096, description="prediction requests worked on at once "
                                         "per HTTP worker; None: see concurrency_limit")
     max_queue: int | None = Field(None, ge=0, le=4096, description="requests that may wait for a slot per HTTP "

@@ -36,12 +36,14 @@ from sitenet.errors import (
     InputTooLargeError,
     InvalidLatticeError,
     MultipleBlocksError,
+    OverlappingAtomsError,
+    SiteNetError,
     NonFiniteCoordinatesError,
     TooManySitesError,
     UnknownSpeciesError,
 )
 
-__all__ = ["parse_cif"]
+__all__ = ["parse_cif", "split_blocks"]
 
 _DATA_BLOCK = re.compile(rb"^\s*data_", re.MULTILINE)
 _CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
@@ -81,25 +83,94 @@ def parse_cif(data: bytes, *, max_bytes: int, max_sites: int) -> "Crystal | Stru
     if blocks == 0:
         raise CifParseError("no 'data_' block found: this is not a CIF")
     if blocks > 1:
-        raise MultipleBlocksError(
-            f"the file holds {blocks} data blocks; send one crystal per CIF", detail={"blocks": blocks}
-        )
+        text = _one_structure_block(data, utf8)
     text = text.removeprefix("\ufeff")
     block = _read_block(text)
     sites = _check_block(block, max_sites=max_sites)
+    _check_expansion(block, sites, max_sites=max_sites)
     crystal = _p1_crystal(block, sites)
     if crystal is None and utf8 and b"\r" not in data:
         crystal = _symmetrised_crystal(block, text, max_sites=max_sites)
     return crystal if crystal is not None else _parse_with_pymatgen(text)
 
 
+# --- files with several data blocks -----------------------------------------------------------------------------------
+_BLOCK_HEADER = re.compile(rb"^[ \t]*data_(\S*)", re.IGNORECASE)
+#: A block holds a structure if it has any of these (Pauling File / SpringerMaterials exports start with a
+#: block of publication data only).
+_STRUCTURE_TAGS = re.compile(rb"^[ \t]*_(atom_site_|cell_length_)", re.IGNORECASE | re.MULTILINE)
+#: Most data blocks one file may hold.
+MAX_BLOCKS = 1000
+
+
+def split_blocks(data: bytes) -> list[tuple[str, bytes]]:
+    """The data blocks of a CIF file that hold a structure, in file order, as ``(block name, CIF bytes)``.
+
+    A file of one block (or none, or not a CIF at all) comes back whole, to be refused or read as it is;
+    blocks of metadata only (no cell, no atoms) are left out, unless no block holds a structure. A
+    ``data_`` inside a ``;`` text field starts no block.
+    """
+    starts: list[tuple[int, str]] = []
+    in_text, offset = False, 0
+    for line in data.splitlines(keepends=True):
+        if line.startswith(b";"):
+            in_text = not in_text
+        elif not in_text and (header := _BLOCK_HEADER.match(line)):
+            starts.append((offset, header.group(1).decode("utf-8", "replace")))
+            if len(starts) > MAX_BLOCKS:
+                raise InputTooLargeError(f"the file holds more than {MAX_BLOCKS} data blocks",
+                                         detail={"max_blocks": MAX_BLOCKS})
+        offset += len(line)
+    if len(starts) <= 1:
+        return [(starts[0][1] if starts else "", data)]
+    ends = [start for start, _ in starts[1:]] + [len(data)]
+    blocks = [(name, data[start:end]) for (start, name), end in zip(starts, ends)]
+    with_structure = [(name, block) for name, block in blocks if _STRUCTURE_TAGS.search(block)]
+    return with_structure or blocks
+
+
+def _one_structure_block(data: bytes, utf8: bool) -> str:
+    """The text of the one block of a multi-block file that holds a structure; several such blocks are
+    refused, naming them (the reader reads one crystal; ``split_blocks`` gives each)."""
+    blocks = split_blocks(data)
+    if len(blocks) > 1:
+        names = [name for name, _ in blocks]
+        shown = ", ".join(_echo(name, 40) for name in names[:10]) + (", ..." if len(names) > 10 else "")
+        raise MultipleBlocksError(
+            f"the file holds {len(blocks)} data blocks with a structure ({shown}); one CIF is one crystal here: "
+            "read the blocks one by one (sitenet.cif.split_blocks), or send the file to the service's "
+            "/predict_files, which predicts every block", detail={"blocks": len(blocks), "names": names[:100]})
+    return blocks[0][1].decode("utf-8" if utf8 else "latin-1")
+
+
+def _echo(value: str, limit: int = 60) -> str:
+    """``value`` quoted for a message, cut to ``limit`` characters (saying how long it was): a message must
+    never grow with the input (a 1 MB line once came back in a 1 MB error)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
+#: gemmi's complaint about a quoted value that a line break ends; the line number is the quote's.
+_UNTERMINATED_QUOTE = re.compile(r"^string:(\d+):\d+\(\d+\): unterminated ['\"]string['\"]")
+#: Quoted values spanning lines mended per file, at most (each costs a re-read).
+_MAX_MENDED_QUOTES = 32
+
+
 def _read_block(text: str) -> Any:
     import gemmi
 
-    try:
-        document = gemmi.cif.read_string(text)
-    except (RuntimeError, ValueError) as err:
-        raise CifParseError(f"CIF syntax error: {err}") from None
+    mended = 0
+    while True:
+        try:
+            document = gemmi.cif.read_string(text)
+            break
+        except (RuntimeError, ValueError) as err:
+            quote = _UNTERMINATED_QUOTE.match(str(err))
+            if quote is None or mended >= _MAX_MENDED_QUOTES:
+                raise _syntax_error(str(err), text) from None
+            text = _join_line(text, int(quote.group(1)))
+            mended += 1
     if len(document) > 1:
         raise MultipleBlocksError(
             f"the file holds {len(document)} data blocks; send one crystal per CIF", detail={"blocks": len(document)}
@@ -107,6 +178,69 @@ def _read_block(text: str) -> Any:
     if len(document) == 0:
         raise CifParseError("no 'data_' block found: this is not a CIF")
     return document[0]
+
+
+_GEMMI_ERROR = re.compile(r"^string:(\d+):(\d+)\((\d+)\): (.*)$", re.S)
+
+
+def _syntax_error(error: str, text: str) -> CifParseError:
+    """gemmi's syntax error in words: where it is, and what is wrong when gemmi's own words say little (a
+    file cut short, a block name that is not ASCII)."""
+    where = _GEMMI_ERROR.match(error)
+    if where is None:
+        return CifParseError(f"CIF syntax error: {_cap(error, 300)}")
+    line, column, offset, what = int(where.group(1)), int(where.group(2)), int(where.group(3)), where.group(4)
+    detail = {"line": line, "column": column, "error": _cap(what, 300)}
+    text_line = text.split("\n")[line - 1] if line - 1 < text.count("\n") + 1 else ""
+    header = re.match(r"\s*data_(\S*)", text_line)
+    if header and not header.group(1).isascii():
+        return CifParseError(f"the data block name {_echo(header.group(1), 40)} on line {line} has non-ASCII "
+                             "characters, which CIF 1.1 does not allow: rename the block with ASCII letters, "
+                             "digits or _", detail=detail)
+    if what.startswith("Wrong number of values in loop"):
+        return _loop_error(what, text, line, detail)
+    if not text[offset:].strip() or offset >= len(text.rstrip()):
+        last = text.rstrip().split("\n")
+        return CifParseError(f"the file ends unexpectedly at line {len(last)} ({_echo(last[-1].strip(), 40)}), "
+                             f"in the middle of {_unfinished(what)}: it looks truncated", detail=detail)
+    return CifParseError(f"CIF syntax error on line {line}, column {column}: {_cap(what, 300)} "
+                         f"(the line reads {_echo(text_line.strip(), 60)})", detail=detail)
+
+
+def _loop_error(what: str, text: str, line: int, detail: dict[str, Any]) -> CifParseError:
+    """A loop whose values do not fill its rows: cut short if nothing but its values follows it."""
+    lines = text.rstrip().split("\n")
+    body = [t.strip() for t in lines[line:]]
+    values = [t for t in body if t and not t.startswith("_")]
+    n_tags = len([t for t in body[:body.index(values[0])] if t.startswith("_")]) if values else 0
+    ends_here = not any(t.lower().startswith(("loop_", "data_")) or t.startswith("_")
+                        for t in body[body.index(values[0]) if values else 0:])
+    ends_here = ends_here and len(lines[-1].split()) < n_tags  # the last row is short: cut, not mistyped
+    tags = what.split("loop ")[-1]
+    if ends_here:
+        return CifParseError(f"the file ends unexpectedly at line {len(lines)} ({_echo(lines[-1].strip(), 40)}), in "
+                             f"the middle of a row of the {tags} loop that starts on line {line}: it looks truncated",
+                             detail=detail)
+    return CifParseError(f"the {tags} loop that starts on line {line} has a row with the wrong number of values "
+                         "(every row needs one value per tag; quote values that contain spaces)", detail=detail)
+
+
+def _unfinished(what: str) -> str:
+    if what.startswith("Wrong number of values in loop"):
+        return f"a loop row ({what.split('loop ')[-1]} has fewer values than tags)"
+    if what.startswith("unterminated text field"):
+        return "a text field (a ';' line opens it and none closes it)"
+    return "a tag and its value"
+
+
+def _join_line(text: str, line: int) -> str:
+    """``text`` with line ``line`` (1-based) joined to the next by a space: CIF 1.1 forbids a quoted value
+    that spans lines, but programs write them (titles, journal names) and pymatgen reads them."""
+    lines = text.split("\n")
+    if line >= len(lines):
+        raise CifParseError(f"CIF syntax error: the quoted value on line {line} is never closed")
+    lines[line - 1:line + 1] = [lines[line - 1] + " " + lines[line]]
+    return "\n".join(lines)
 
 
 # --- checks before any structure is built ----------------------------------------------------------------------
@@ -137,10 +271,10 @@ def _number(value: str, what: str) -> float:
     import gemmi
 
     if value in ("?", "."):
-        raise CifParseError(f"{what} has the unknown value {value!r}")
+        raise CifParseError(f"{what} has the unknown value {_echo(value)}")
     number = gemmi.cif.as_number(value)
     if np.isnan(number) and value.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity"):
-        raise CifParseError(f"{what} is not a number: {value!r}")
+        raise CifParseError(f"{what} is not a number: {_echo(value)}")
     if value.strip().lower().lstrip("+-") in ("inf", "infinity"):
         return float("inf") if not value.strip().startswith("-") else float("-inf")
     return float(number)
@@ -206,11 +340,13 @@ def _check_rows(table: Any) -> None:
     for k, row in enumerate(table):
         symbol = row.str(0)
         if _is_mixed(symbol):
-            raise DisorderedStructureError(f"site {k} is a mixed site {symbol!r}; only ordered crystals are supported")
+            raise DisorderedStructureError(f"site {k} is a mixed site {_echo(symbol)}; only ordered crystals are supported")
         for axis, col in zip("xyz", (1, 2, 3)):
+            if row[col] == ".":  # ICSD's "inapplicable": pymatgen reads it as 0
+                continue
             v = _number(row[col], f"_atom_site_fract_{axis} of site {k}")
             if not np.isfinite(v):
-                raise NonFiniteCoordinatesError(f"_atom_site_fract_{axis} of site {k} is {row[col]} (non-finite)")
+                raise NonFiniteCoordinatesError(f"_atom_site_fract_{axis} of site {k} is {_echo(row[col])} (non-finite)")
         if row.has(4) and row[4] not in ("?", "."):
             occupancy = _number(row[4], f"_atom_site_occupancy of site {k}")
             if occupancy < 0:
@@ -221,9 +357,12 @@ def _check_rows(table: Any) -> None:
 
 @functools.lru_cache(maxsize=1024)
 def _element_of(symbol: str) -> str | None:
-    """The element of a type symbol (``Fe``, ``Fe2+``, ``O2-``), or None if it is not a known element."""
+    """The element of a type symbol (``Fe``, ``Fe2+``, ``O2-``, and upper-case ``FE``, ``CA2+`` as older
+    programs write them and pymatgen reads them), or None if it is not a known element."""
     from pymatgen.core import Element
 
+    if symbol[1:2].isupper() and not _SYMBOL.match(symbol):
+        symbol = symbol[:1] + symbol[1:2].lower() + symbol[2:]
     match = _SYMBOL.match(symbol)
     if match is None or not Element.is_valid_symbol(match.group(1)):
         return None
@@ -233,8 +372,117 @@ def _element_of(symbol: str) -> str | None:
 def _check_symbol(symbol: str, k: int) -> str:
     element = _element_of(symbol)
     if element is None:
-        raise UnknownSpeciesError(f"site {k} has the unknown species {symbol!r}", detail={"species": [symbol]})
+        raise UnknownSpeciesError(f"site {k} has the unknown species {_echo(symbol)}", detail={"species": [symbol[:100]]})
     return element
+
+
+# --- the size of the symmetry expansion, before any expansion ------------------------------------------------------
+#: Tags whose values are symmetry operations (magnetic ones carry a fourth, time-reversal, component).
+_OP_LOOPS = ("_symmetry_equiv_pos_as_xyz", "_symmetry_equiv_pos_as_xyz_", "_space_group_symop_operation_xyz",
+             "_space_group_symop_operation_xyz_", "_space_group_symop.operation_xyz",
+             "_space_group_symop_magn_operation.xyz")
+_CENTRING_LOOPS = ("_space_group_symop_magn_centering.xyz",)
+_GROUP_NAMES = ("_symmetry_space_group_name_H-M", "_symmetry_space_group_name_H_M", "_space_group_name_H-M_alt",
+                "_space_group_name_Hall", "_symmetry_space_group_name_Hall")
+_GROUP_NUMBERS = ("_space_group_IT_number", "_symmetry_Int_Tables_number")
+#: More distinct operations than any (magnetic) space group has: not a symmetry group, refused unparsed.
+_MAX_OPERATIONS = 1536
+
+
+def _check_expansion(block: Any, sites: _Sites, *, max_sites: int) -> None:
+    """Refuse a CIF whose symmetry operations would make more than ``max_sites`` sites, by counting the
+    distinct images of its rows (the multiplicities of their positions) instead of building them: a 2 KB
+    file can ask pymatgen for a 10,000-site expansion that costs it 20 s before any site count is seen.
+
+    Symmetry that cannot be known here (a space-group name gemmi does not know) is left to pymatgen, under
+    the CPU-time limit of ``sitenet.limits``.
+    """
+    ops = _implied_ops(block)
+    n = len(sites.symbols)
+    if ops is None or n * len(ops) <= max_sites:
+        return
+    count = _distinct_images(_rough_coords(sites), ops)
+    if count > max_sites:
+        raise TooManySitesError(
+            f"the CIF's {n} atom sites and {len(ops)} symmetry operations make {count} sites, more than the limit "
+            f"of {max_sites}", detail={"n_sites": count, "max": max_sites, "rows": n, "operations": len(ops)})
+
+
+def _implied_ops(block: Any) -> np.ndarray | None:
+    """(K, 3, 4) operations [R | t] the CIF's symmetry implies, as any reader would find them: an operation
+    loop (with magnetic centrings), else the space-group name or number. None if unknown."""
+    import gemmi
+
+    for tag in _OP_LOOPS:
+        column = block.find_values(tag)
+        if len(column):
+            ops = _ops_of([gemmi.cif.as_string(v) for v in column])
+            if ops is None:
+                continue
+            for centring_tag in _CENTRING_LOOPS:
+                centrings = block.find_values(centring_tag)
+                if len(centrings):
+                    shifts = _ops_of([gemmi.cif.as_string(v) for v in centrings])
+                    if shifts is not None:
+                        ops = np.concatenate([np.concatenate([ops[:, :, :3], ops[:, :, 3:] + s[:, 3:]], axis=2)
+                                              for s in shifts])
+            return ops
+    for tag in _GROUP_NAMES:
+        name = block.find_value(tag)
+        if name is not None and (ops := _group_ops(gemmi.cif.as_string(name), hall="hall" in tag.lower())) is not None:
+            return ops
+    for tag in _GROUP_NUMBERS:
+        number = _esd_number(block.find_value(tag))
+        if number is not None and number.is_integer() and 1 <= number <= 230:
+            return _group_ops(str(int(number)), hall=False)
+    return None
+
+
+def _ops_of(xyz: list[str]) -> np.ndarray | None:
+    """Distinct operations from xyz strings (a magnetic time-reversal component dropped), or None if any
+    is not one."""
+    distinct = tuple(dict.fromkeys(",".join(op.split(",")[:3]) for op in xyz))
+    if len(distinct) > _MAX_OPERATIONS:
+        raise CifParseError(f"the CIF lists {len(distinct)} distinct symmetry operations; no space group has more "
+                            "than 192 (384 with magnetic centrings)", detail={"operations": len(distinct)})
+    if not all(_XYZ.fullmatch(op) and op.count(",") == 2 for op in distinct):
+        return None
+    try:
+        return _parse_ops(distinct)[:, :3, :]
+    except Exception:  # noqa: BLE001 - pymatgen's xyz parser raises several types on nonsense
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _group_ops(name: str, *, hall: bool) -> np.ndarray | None:
+    import gemmi
+
+    try:
+        group = (gemmi.SpaceGroup(gemmi.symops_from_hall(name)) if hall else
+                 gemmi.find_spacegroup_by_number(int(name)) if name.isdigit() else gemmi.find_spacegroup_by_name(name))
+    except (RuntimeError, ValueError):
+        return None
+    if group is None:
+        return None
+    return np.array([op.float_seitz()[:3] for op in group.operations()], dtype=np.float64)
+
+
+def _rough_coords(sites: _Sites) -> np.ndarray:
+    """Coordinates good enough to count images: unreadable or unknown values read as 0."""
+    if sites.coords is not None:
+        return _snap_thirds(sites.coords)
+    values = [[v if (v := _esd_number(x)) is not None else 0.0 for x in column] for column in sites.raw]
+    return _snap_thirds(np.array(values, dtype=np.float64).T.copy())
+
+
+def _distinct_images(coords: np.ndarray, ops: np.ndarray) -> int:
+    """How many distinct positions the operations make of the rows, counted on a 1e-4 grid (pymatgen's
+    tolerance for merging images), without building or comparing sites."""
+    images = np.einsum("kij,nj->nki", ops[:, :, :3], coords) + ops[None, :, :, 3]  # (n, K, 3)
+    images = np.nan_to_num(images % 1.0)
+    grid = np.round(images * 10_000).astype(np.int64) % 10_000
+    keys = (grid[..., 0] * 10_000 + grid[..., 1]) * 10_000 + grid[..., 2]
+    return int(len(np.unique(keys)))
 
 
 # --- P1 CIFs -----------------------------------------------------------------------------------------------------
@@ -248,17 +496,23 @@ def _p1_crystal(block: Any, sites: _Sites) -> Crystal | None:
     if ops != ["x,y,z"] or not len(block.find_loop("_atom_site_type_symbol")):
         return None
     table = sites.table
-    if any(_SYMBOL.match(s).group(2) for s in set(sites.symbols)):  # charges: pymatgen makes Species of them
+    # charges (pymatgen makes Species of them) and upper-case symbols: pymatgen's reading decides
+    if any(not (m := _SYMBOL.match(s)) or m.group(2) for s in set(sites.symbols)):
         return None
     if table.has_column(4) and not all(v in _FULL for v in table.column(4)):
         return None
     species = [_check_symbol(s, k) for k, s in enumerate(sites.symbols)]
     frac = sites.coords
     if frac is None:  # uncertainties, e.g. 0.25(1)
-        frac = np.array([[float(v.split("(")[0]) for v in column] for column in sites.raw], dtype=np.float64).T.copy()
+        frac = np.array([[_coordinate(v) for v in column] for column in sites.raw], dtype=np.float64).T.copy()
     frac = _snap_thirds(frac)
     a, b, c, alpha, beta, gamma = (float(block.find_value(t).split("(")[0]) for t in _CELL_TAGS)
     return Crystal(Lattice.from_parameters(a, b, c, alpha, beta, gamma).matrix, frac, species)
+
+
+def _coordinate(value: str) -> float:
+    """A checked coordinate: uncertainty dropped (``0.25(1)``), ICSD's ``.`` read as 0 as pymatgen does."""
+    return 0.0 if value == "." else float(value.split("(")[0])
 
 
 # --- CIFs with symmetry operations ---------------------------------------------------------------------------------
@@ -479,8 +733,11 @@ def _parse_with_pymatgen(text: str) -> "Structure":  # noqa: F821
             structures = CifParser.from_str(text).parse_structures(primitive=False)
         except Exception as err:  # noqa: BLE001 - pymatgen raises many types on malformed input
             reasons = _warning_reasons(caught)
+            crowded = _over_occupied(text) if any("sum to > 1" in r for r in reasons) else None
+            if crowded is not None:
+                raise crowded from None
             message = f"{err}" + (f": {'; '.join(reasons)}" if reasons else "")
-            raise CifParseError(message, detail={"reasons": reasons}) from None
+            raise CifParseError(_cap(message), detail={"reasons": [_cap(r, 500) for r in reasons[:10]]}) from None
     if not structures:  # pragma: no cover - pymatgen raises instead
         raise CifParseError("no structure in the CIF", detail={"reasons": _warning_reasons(caught)})
     reasons = _warning_reasons(caught)
@@ -488,6 +745,45 @@ def _parse_with_pymatgen(text: str) -> "Structure":  # noqa: F821
     if dummy:
         raise UnknownSpeciesError(f"unknown species in the CIF: {'; '.join(dummy)}", detail={"reasons": dummy})
     return structures[0]
+
+
+def _cap(message: str, limit: int = 1000) -> str:
+    """A message cut to ``limit`` characters, saying how long it was."""
+    return message if len(message) <= limit else f"{message[:limit]}... (cut; {len(message):,} characters)"
+
+
+def _over_occupied(text: str) -> SiteNetError | None:
+    """Name the rows that pymatgen merged into one over-occupied site: two rows at one position, or a row
+    at a position that a symmetry operation maps onto another row. None if none is found here."""
+    import gemmi
+
+    try:
+        block = gemmi.cif.read_string(text).sole_block()
+        table = block.find("_atom_site_", ["label", "fract_x", "fract_y", "fract_z", "?occupancy"])
+        labels = [gemmi.cif.as_string(v) for v in table.column(0)]
+        coords = np.array([[_esd_number(row[c]) or 0.0 for c in (1, 2, 3)] for row in table], dtype=np.float64)
+        occupancy = [(_esd_number(row[4]) if row.has(4) else None) or 1.0 for row in table]
+    except (RuntimeError, ValueError, IndexError):
+        return None
+    for k, value in enumerate(occupancy):
+        if value > 1:
+            return CifParseError(f"site {k} ({_echo(labels[k], 30)}) has occupancy {value:g}, more than 1",
+                                 detail={"sites": [k], "labels": [labels[k][:100]], "occupancy": value})
+    ops = _implied_ops(block)
+    ops = ops if ops is not None else np.eye(3, 4)[None]
+    images = np.einsum("kij,nj->nki", ops[:, :, :3], coords) + ops[None, :, :, 3]  # (n, K, 3)
+    for j in range(1, len(coords)):
+        for i in range(j):
+            diff = images[i] - coords[j]
+            if np.any(np.all(np.abs(diff - np.round(diff)) < SITE_TOLERANCE, axis=-1)):
+                total = occupancy[i] + occupancy[j]
+                where = " ".join(f"{x:.4f}" for x in coords[j])
+                return OverlappingAtomsError(
+                    f"sites {i} ({_echo(labels[i], 30)}) and {j} ({_echo(labels[j], 30)}) are 0.000 Å apart, at the "
+                    f"same position ({where}) once the symmetry is applied: their occupancies add up to {total:g}, "
+                    "more than 1", detail={"sites": [i, j], "labels": [labels[i][:100], labels[j][:100]],
+                                           "occupancy": total})
+    return None
 
 
 def _warning_reasons(caught: Sequence[warnings.WarningMessage]) -> list[str]:

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="embed CIF files with an encoder (zoo name, folder, Hub id, or random)")
     p.add_argument("cifs", nargs="+", help="CIF files")
-    p.add_argument("--model", default="random", help="'random', a zoo name, a model folder or a Hub repo id")
+    p.add_argument("--model", default="sitenet-dim-mp2018", help="a zoo name (default: the zoo's DIM encoder), a "
+                   "model folder, a Hub repo id, or 'random' (seeded, untrained)")
     p.add_argument("--output", "-o", default="embeddings.csv", help=".csv or .npy")
     p.add_argument("--seed", type=int, default=0, help="seed of the random encoder")
     p.add_argument("--batch-size", type=int, default=64)
@@ -101,31 +102,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-dir", default=None, help="write the files here instead of the HF cache")
     p.set_defaults(func=_pull)
 
-    p = sub.add_parser("predict", help="predict band gap and formation energy of CIF files (ONNX Runtime)")
-    p.add_argument("cifs", nargs="+", help="CIF files")
+    p = sub.add_parser("predict", help="predict band gap and formation energy of crystals (ONNX Runtime, no torch)")
+    p.add_argument("cifs", nargs="+", metavar="INPUT", help="CIF files, folders of CIFs, .zip archives of CIFs or "
+                   ".csv tables with a cif column")
+    p.add_argument("--model", default=None, help="zoo name, folder or Hub repo id of one model (default: the zoo's "
+                   "encoder and property models)")
+    p.add_argument("--targets", nargs="+", default=None, choices=["band_gap", "formation_energy"],
+                   help="properties to predict (default: all the model gives)")
     p.add_argument("--output", "-o", default="-", help=".json, .csv, or - for JSON on stdout")
-    p.add_argument("--embedding", action="store_true", help="include the 64-d embedding")
+    p.add_argument("--embedding", action="store_true", help="include the 64-d DIM embedding")
     p.add_argument("--workers", type=int, default=None, help="worker processes for parsing and featurisation")
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime providers")
     p.set_defaults(func=_delegate("sitenet.predict", "predict_main"))
 
-    for module in ("training.cli", "training.publish"):
-        try:
-            __import__(module, fromlist=["add_subcommands"]).add_subcommands(sub)
-        except ImportError as err:  # the serving install has no torch: training commands are absent
-            if not _missing_training_dependency(err):
-                raise
+    if _has_training():  # the serving install has no torch: training commands are absent
+        from training.cli import add_subcommands  # argparse only; each command imports torch when it runs
+
+        add_subcommands(sub)
     return parser
 
 
-def _missing_training_dependency(err: ImportError) -> bool:
-    return (err.name or "").split(".")[0] in {"torch", "lightning", "onnx", "sklearn", "matplotlib", "training"}
+def _has_training() -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("torch", "lightning", "training"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sitenet.errors import SiteNetError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    # a bad model name or option of the inference commands: the reason, not a traceback (training keeps its
+    # tracebacks: there a ValueError may be a bug)
+    expected = (SiteNetError, ValueError) if args.command in _INFERENCE_COMMANDS else (SiteNetError,)
+    try:
+        return int(args.func(args) or 0)
+    except expected as err:
+        print(f"sitenet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+_INFERENCE_COMMANDS = frozenset({"featurize", "embed", "push", "pull", "predict"})
 
 
 if __name__ == "__main__":

@@ -23,6 +23,21 @@ FORMAT_VERSION = 1
 Activation = Literal["mish", "silu"]
 
 
+def single_target(data: object) -> object:
+    """Config input with the one-target spelling ``target: x`` (older configs, short recipes) as ``targets: [x]``."""
+    if isinstance(data, dict) and "target" in data:
+        if "targets" in data:
+            raise ValueError("give either target or targets, not both")
+        data = {key: value for key, value in data.items() if key != "target"} | {"targets": (data["target"],)}
+    return data
+
+
+def check_targets(targets: tuple[str, ...]) -> None:
+    """Raises ValueError unless ``targets`` is one or more distinct properties."""
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"targets must be one or more distinct properties, got {targets}")
+
+
 class SiteNetConfig(BaseModel):
     """A Site-Net encoder: attention blocks over (P query sites x N supercell sites), a per-site local vector,
     then a pooled crystal embedding. Defaults are the DIM encoder of method.md C.2/C.4."""
@@ -60,31 +75,54 @@ class SiteNetConfig(BaseModel):
 
 
 class RegressorConfig(BaseModel):
-    """An encoder plus one property head."""
+    """An encoder plus one property head with a column per target (several targets: one multi-task model,
+    one encoder pass for all of them). Configs written before multi-task models name one ``target``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_type: Literal["sitenet-regressor"] = "sitenet-regressor"
     format_version: int = FORMAT_VERSION
     encoder: SiteNetConfig = SiteNetConfig()
-    target: Target = "formation_energy"
+    targets: tuple[Target, ...] = Field(("formation_energy",), description="predicted properties, in head order")
     head_hidden: tuple[int, ...] = Field((64,), description="hidden widths of the head MLP")
     #: Band gap only: predict a metal probability too and output exactly 0 eV where it is >= 0.5
     #: (the zero-inflated target: ~43% of MP crystals are metals).
     metal_classifier: bool = True
 
+    _single_target = model_validator(mode="before")(classmethod(lambda cls, data: single_target(data)))
+
     @model_validator(mode="after")
     def _check(self) -> "RegressorConfig":
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"config format_version {self.format_version} is not supported (expected {FORMAT_VERSION})")
+        check_targets(self.targets)
         return self
+
+    def gated(self, target: str) -> bool:
+        """Whether ``target`` has a metal classifier (band gap exactly 0 where the metal probability >= 0.5)."""
+        return target == "band_gap" and self.metal_classifier
+
+    @property
+    def columns(self) -> dict[str, tuple[int, int | None]]:
+        """target -> (head column of its value, head column of its metal logit or None)."""
+        out, k = {}, 0
+        for target in self.targets:
+            out[target] = (k, k + 1 if self.gated(target) else None)
+            k += 2 if self.gated(target) else 1
+        return out
+
+    @property
+    def head_width(self) -> int:
+        """K, the head's raw output width."""
+        return sum(2 if self.gated(t) else 1 for t in self.targets)
 
     @property
     def outputs(self) -> tuple[str, ...]:
         """Output names of the model, in order (also the ONNX output names)."""
-        if self.target == "band_gap" and self.metal_classifier:
-            return ("band_gap", "metal_probability", "embedding")
-        return (self.target, "embedding")
+        names: list[str] = []
+        for target in self.targets:
+            names += [target, "metal_probability"] if self.gated(target) else [target]
+        return (*names, "embedding")
 
 
 def dim_config(**overrides: object) -> SiteNetConfig:

@@ -15,7 +15,7 @@ from sitenet.features import CrystalFeatures, featurize
 from sitenet.structure import read_structure
 
 
-def load_encoder(model: str = "random", *, seed: int = 0):
+def load_encoder(model: str = "sitenet-dim-mp2018", *, seed: int = 0):
     """A ``SiteNetEncoder`` in eval mode: randomly initialised (``"random"``, seeded) or ``from_pretrained``.
 
     A regressor folder (encoder plus head) gives its encoder."""
@@ -52,7 +52,7 @@ def embed_features(encoder, features: Sequence[CrystalFeatures], *, batch_size: 
 
 
 def embed_files(
-    paths: Sequence[str], *, output: Path, model: str = "random", seed: int = 0, batch_size: int = 64
+    paths: Sequence[str], *, output: Path, model: str = "sitenet-dim-mp2018", seed: int = 0, batch_size: int = 64
 ) -> int:
     """Embed CIF files; write ``output`` (.csv: id, formula, n_sites, e0..; .npy: (M, E) array) and list every
     rejected file with its reason in ``<output stem>.rejected.csv``. Returns 0, or 1 if nothing was embedded."""

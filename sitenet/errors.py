@@ -94,6 +94,21 @@ class TooManySitesError(SiteNetError):
     http_status = 413
 
 
+class TimeLimitError(SiteNetError):
+    """Reading one input took more CPU time than its budget (``sitenet.limits``): a small file that asks for
+    far more work than its size suggests is refused like one that is too large."""
+
+    code = "input_too_costly"
+    http_status = 413
+
+
+class DeadlineExceededError(SiteNetError):
+    """The request this input belongs to ran out of time; its remaining work was stopped, not finished."""
+
+    code = "timeout"
+    http_status = 504
+
+
 # --- models and files ----------------------------------------------------------------------------------
 class ModelLoadError(SiteNetError):
     """A model folder is missing, malformed or of an unsupported format version."""
@@ -129,6 +144,8 @@ ERROR_CODES: dict[str, type[SiteNetError]] = {
         NonFiniteCoordinatesError,
         EmptyStructureError,
         TooManySitesError,
+        TimeLimitError,
+        DeadlineExceededError,
         ModelLoadError,
         ChecksumMismatchError,
         FeatureSpecMismatchError,

@@ -170,12 +170,12 @@ class SiteNetEncoder(
 
 
 class PropertyHead(nn.Module):
-    """MLP from the embedding (B,E) to raw outputs (B,K): K = 2 (gap, metal logit) or 1 (value)."""
+    """MLP from the embedding (B,E) to raw outputs (B,K): per target its value, then its metal logit if gated
+    (``RegressorConfig.columns``)."""
 
     def __init__(self, config: RegressorConfig):
         super().__init__()
-        k = 2 if config.target == "band_gap" and config.metal_classifier else 1
-        self.net = mlp([config.encoder.embedding_dim, *config.head_hidden, k], plain_last=True,
+        self.net = mlp([config.encoder.embedding_dim, *config.head_hidden, config.head_width], plain_last=True,
                        activation=config.encoder.activation)
 
     def forward(self, embedding):
@@ -188,9 +188,9 @@ class SiteNetRegressor(
     **_HUB,
     coders={RegressorConfig: (lambda c: c.model_dump(mode="json"), lambda d: RegressorConfig.model_validate(d))},
 ):
-    """Encoder plus one property head. Outputs (by name, see ``RegressorConfig.outputs``):
+    """Encoder plus a property head for one or more targets. Outputs (by name, see ``RegressorConfig.outputs``):
     band gap in eV (never negative; exactly 0 where the metal probability is >= 0.5) with its metal
-    probability, or formation energy in eV/atom; and the embedding (B,E)."""
+    probability, formation energy in eV/atom; and the embedding (B,E)."""
 
     def __init__(self, config: RegressorConfig):
         super().__init__()
@@ -214,14 +214,21 @@ class SiteNetRegressor(
 
     def forward(self, site, species, pair, parent, site_mask, atom_mask) -> dict[str, torch.Tensor]:
         raw, embedding = self.raw(site, species, pair, parent, site_mask, atom_mask)  # (B,K), (B,E)
-        if self.config.target == "band_gap" and self.config.metal_classifier:
-            metal = torch.sigmoid(raw[:, 1])  # (B,)
-            gap = nonnegative(raw[:, 0]) * (metal < 0.5).to(raw.dtype)  # (B,)
-            return {"band_gap": gap, "metal_probability": metal, "embedding": embedding}
-        value = raw[:, 0]  # (B,)
-        if self.config.target == "band_gap":
-            value = nonnegative(value)
-        return {self.config.target: value, "embedding": embedding}
+        return {**self.served(raw), "embedding": embedding}
+
+    def served(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Head outputs (B,K) as served values: each target (B,), the band gap gated by the metal probability."""
+        out: dict[str, torch.Tensor] = {}
+        for target, (value_col, logit_col) in self.config.columns.items():
+            value = raw[:, value_col]  # (B,)
+            if target == "band_gap":
+                value = nonnegative(value)
+            if logit_col is not None:
+                metal = torch.sigmoid(raw[:, logit_col])  # (B,)
+                out[target], out["metal_probability"] = value * (metal < 0.5).to(raw.dtype), metal
+            else:
+                out[target] = value
+        return out
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, strict: bool = True, **kwargs):

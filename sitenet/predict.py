@@ -2,9 +2,10 @@
 
 CIF -> ``prepare`` (read + validate + featurise once, whatever models run) -> ``run`` (size-bucketed padded
 batches through the ONNX models that the requested targets need) -> ``Prediction`` or ``Rejection`` per
-input, in input order. Three zoo models take part: the DIM encoder (the 64-d embedding) and one regressor
-per target (band gap in eV with its metal probability; formation energy in eV/atom). They must share one
-``FeatureSpec``, so one featurisation serves all of them.
+input, in input order. Models fill roles: the DIM encoder (the 64-d embedding) and a regressor per target
+(band gap in eV with its metal probability; formation energy in eV/atom). One multi-task regressor may fill
+several target roles; it then runs once per batch for all of them. All models must share one ``FeatureSpec``,
+so one featurisation serves all of them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ TARGETS: tuple[str, ...] = get_args(Target)
 #: ONNX outputs read from each role's model (metal_probability only if the graph has it).
 _OUTPUTS: dict[str, tuple[str, ...]] = {"encoder": ("embedding",), "band_gap": ("band_gap", "metal_probability"),
                                          "formation_energy": ("formation_energy",)}
+#: Key of a property model's own embedding in :meth:`Predictor.run`'s output (the neighbour index's space).
+_PROPERTY_EMBEDDING = "property_embedding"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,11 @@ class Prediction:
     band_gap: float | None = None  #: eV; exactly 0 where metal_probability >= 0.5
     metal_probability: float | None = None
     formation_energy: float | None = None  #: eV/atom
+    band_gap_std: float | None = None  #: eV, calibrated standard deviation (``uncertainty=True``)
+    formation_energy_std: float | None = None  #: eV/atom, likewise
     embedding: list[float] | None = None  #: the DIM encoder's E=64 crystal embedding
+    neighbours: list[dict[str, Any]] | None = None  #: nearest training crystals (id, formula, distance, labels)
+    in_domain: float | None = None  #: share of unseen validation crystals farther from the training set (0..1)
     models: dict[str, str] = field(default_factory=dict)  #: role -> "<model name>@<sha256[:12]> of model.onnx"
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +117,7 @@ class Predictor:
         self.spec = _shared_spec(self.models)
         self.max_sites, self.max_bytes = max_sites, max_bytes
         self.batch_size, self.max_pairs = batch_size, max_pairs
+        self._indexes: dict[int, Any] = {}  # id(model) -> NeighbourIndex, loaded on first use
         self._pool: ProcessPoolExecutor | None = None
         self._pool_key: tuple[int, int, int] | None = None  # (workers, batch_size, max_pairs) of the pool
 
@@ -148,14 +156,10 @@ class Predictor:
         from sitenet.hub import resolve
 
         names = {"encoder": encoder, "band_gap": band_gap, "formation_energy": formation_energy}
-        models: dict[str, OnnxModel | None] = {}
-        for role, name in names.items():
-            if name is None or os.fspath(name) == "":
-                models[role] = None
-                continue
-            folder = resolve(name, revision=revision, verify=verify)
-            models[role] = OnnxModel(folder, providers=providers, threads=threads, load=load)
-        return cls(models, max_sites=max_sites, max_bytes=max_bytes)
+        folders = {role: None if name is None or os.fspath(name) == "" else resolve(name, revision=revision, verify=verify)
+                   for role, name in names.items()}
+        return cls(_open(folders, providers=providers, threads=threads, load=load), max_sites=max_sites,
+                   max_bytes=max_bytes)
 
     # --- inference -------------------------------------------------------------------------------------
     @property
@@ -173,7 +177,8 @@ class Predictor:
             return err
         return Prepared(features=features, formula=crystal.formula, n_sites=len(crystal))
 
-    def roles(self, targets: Iterable[str], return_embedding: bool) -> list[str]:
+    def roles(self, targets: Iterable[str], return_embedding: bool, *, uncertainty: bool = False,
+              neighbours: int = 0) -> list[str]:
         """The model roles needed for ``targets`` (+ the encoder for embeddings); ValueError if unavailable."""
         targets = tuple(targets)
         bad = [t for t in targets if t not in TARGETS]
@@ -182,9 +187,29 @@ class Predictor:
         missing = [t for t in targets if t not in self.models]
         if return_embedding and "encoder" not in self.models:
             missing.append("embedding (encoder)")
+        if (neighbours or uncertainty) and not self.indexed_models():
+            missing.append("uncertainty / neighbours (a property model folder with neighbours.safetensors)")
         if missing:
             raise ValueError(f"no model loaded for {missing}")
         return [r for r in ("encoder", *TARGETS) if r in targets or (r == "encoder" and return_embedding)]
+
+    def indexed_models(self) -> list[OnnxModel]:
+        """Distinct property models (in target order) whose folders ship a nearest-crystal index."""
+        from sitenet.neighbours import NeighbourIndex
+
+        found: list[OnnxModel] = []
+        for target in TARGETS:
+            model = self.models.get(target)
+            if model is not None and all(model is not m for m in found) and NeighbourIndex.present(model.folder):
+                found.append(model)
+        return found
+
+    def _index(self, model: OnnxModel) -> Any:
+        from sitenet.neighbours import NeighbourIndex
+
+        if id(model) not in self._indexes:
+            self._indexes[id(model)] = NeighbourIndex(model.folder)
+        return self._indexes[id(model)]
 
     def run(
         self,
@@ -192,23 +217,58 @@ class Predictor:
         *,
         targets: Sequence[str] = TARGETS,
         return_embedding: bool = False,
+        uncertainty: bool = False,
+        neighbours: int = 0,
     ) -> list[dict[str, Any]]:
-        """Model outputs per crystal (output name -> float, or (E,) float32 array for ``embedding``)."""
-        roles = self.roles(targets, return_embedding)
+        """Model outputs per crystal (output name -> float, or (E,) float32 array for ``embedding``); with
+        ``uncertainty`` also ``<target>_std``, and with ``neighbours`` = k > 0 also ``neighbours`` (the k
+        nearest training crystals of the first indexed property model) and ``in_domain``."""
+        roles = self.roles(targets, return_embedding, uncertainty=uncertainty, neighbours=neighbours)
         features = [p.features if isinstance(p, Prepared) else p for p in prepared]
         out: list[dict[str, Any]] = [{} for _ in features]
         if not features:
             return out
         sizes = [(f.n_primitive, f.n_sites) for f in features]
+        plan: dict[int, tuple[OnnxModel, list[str]]] = {}  # one run per distinct model, all its roles' outputs
+        for role in roles:
+            model = self.models[role]
+            names = plan.setdefault(id(model), (model, []))[1]
+            names += [n for n in _OUTPUTS[role] if n in model.output_names and n not in names]
+        indexed = [m for m in self.indexed_models() if id(m) in plan] if uncertainty or neighbours else []
+        for model in indexed:  # its own embedding: the space of its index
+            names = plan[id(model)][1]
+            names += [] if "embedding" in names else ["embedding"]
         for idx in size_batches(sizes, batch_size=self.batch_size, max_pairs=self.max_pairs):
             batch = collate([features[i] for i in idx], self.spec)
-            for role in roles:
-                model = self.models[role]
-                names = [n for n in _OUTPUTS[role] if n in model.output_names]
+            for model, names in plan.values():
                 for name, values in model.run(batch, outputs=names).items():
+                    key = (_PROPERTY_EMBEDDING, id(model)) if name == "embedding" and model in indexed else name
                     for row, i in enumerate(idx):
-                        out[i][name] = values[row] if values.ndim > 1 else float(values[row])
+                        out[i][key] = values[row] if values.ndim > 1 else float(values[row])
+        sites = np.array([f.n_primitive for f in features])
+        for rank, model in enumerate(indexed):
+            self._add_neighbours(model, out, sites, targets=[t for t in targets if self.models[t] is model],
+                                 uncertainty=uncertainty, neighbours=neighbours if rank == 0 else 0)
         return out
+
+    def _add_neighbours(self, model: OnnxModel, out: list[dict[str, Any]], sites: np.ndarray, *,
+                        targets: list[str], uncertainty: bool, neighbours: int) -> None:
+        """``<target>_std`` of ``model``'s targets and, with ``neighbours``, the nearest training crystals."""
+        from sitenet.neighbours import FEATURE_NEIGHBOURS
+
+        index = self._index(model)
+        embedding = np.stack([o.pop((_PROPERTY_EMBEDDING, id(model))) for o in out])  # (B,E)
+        distances, positions = index.search(embedding, max(neighbours, FEATURE_NEIGHBOURS))
+        if uncertainty:
+            for target in targets:
+                metal = np.array([o.get("metal_probability", np.nan) for o in out])
+                std = index.std(target, np.array([o[target] for o in out]), distances, positions, sites, metal)
+                for o, value in zip(out, std if std is not None else [None] * len(out)):
+                    o[f"{target}_std"] = None if value is None else float(value)
+        if neighbours:
+            found = index.neighbours(distances[:, :neighbours], positions[:, :neighbours])
+            for o, near, score in zip(out, found, index.in_domain(distances[:, 0])):
+                o["neighbours"], o["in_domain"] = [asdict(n) for n in near], float(score)
 
     def predict(
         self,
@@ -216,6 +276,8 @@ class Predictor:
         *,
         targets: Sequence[str] = TARGETS,
         return_embedding: bool = False,
+        uncertainty: bool = False,
+        neighbours: int = 0,
         workers: int | None = None,
     ) -> list[Prediction | Rejection]:
         """Predict every crystal; item k of the result is for ``cifs[k]``.
@@ -224,17 +286,21 @@ class Predictor:
             cifs: CIF texts, CIF bytes, paths or pymatgen Structures.
             targets: any of "band_gap", "formation_energy".
             return_embedding: include the DIM encoder's embedding.
+            uncertainty: add each target's calibrated standard deviation (``<target>_std``).
+            neighbours: k > 0 adds the k nearest training crystals and the in-domain score.
             workers: processes for large inputs (None or 1: this process). Each worker loads the models
                 once and keeps them for later calls; :meth:`close` stops them.
         """
-        self.roles(targets, return_embedding)  # fail fast on bad options
+        self.roles(targets, return_embedding, uncertainty=uncertainty, neighbours=neighbours)  # fail fast
+        options = {"targets": tuple(targets), "return_embedding": return_embedding, "uncertainty": uncertainty,
+                   "neighbours": neighbours}
         if workers and workers > 1 and len(cifs) > 1:
-            return self._predict_parallel(cifs, targets=tuple(targets), return_embedding=return_embedding,
-                                          workers=workers)
-        return self._predict_local(list(enumerate(cifs)), targets=tuple(targets), return_embedding=return_embedding)
+            return self._predict_parallel(cifs, options, workers=workers)
+        return self._predict_local(list(enumerate(cifs)), **options)
 
     def _predict_local(self, items: Sequence[tuple[int, StructureSource]], *, targets: tuple[str, ...],
-                       return_embedding: bool) -> list[Prediction | Rejection]:
+                       return_embedding: bool, uncertainty: bool = False,
+                       neighbours: int = 0) -> list[Prediction | Rejection]:
         results: list[Prediction | Rejection | None] = []
         ready: list[tuple[int, int, Prepared]] = []  # (position, input index, prepared)
         for position, (index, cif) in enumerate(items):
@@ -244,7 +310,8 @@ class Predictor:
             else:
                 results.append(None)
                 ready.append((position, index, prepared))
-        outputs = self.run([p for _, _, p in ready], targets=targets, return_embedding=return_embedding)
+        outputs = self.run([p for _, _, p in ready], targets=targets, return_embedding=return_embedding,
+                           uncertainty=uncertainty, neighbours=neighbours)
         for (position, index, prepared), values in zip(ready, outputs):
             results[position] = self.prediction(index, prepared, values)
         return results  # type: ignore[return-value]
@@ -260,20 +327,24 @@ class Predictor:
             band_gap=values.get("band_gap"),
             metal_probability=values.get("metal_probability"),
             formation_energy=values.get("formation_energy"),
+            band_gap_std=values.get("band_gap_std"),
+            formation_energy_std=values.get("formation_energy_std"),
             embedding=None if embedding is None else [float(v) for v in embedding],
+            neighbours=values.get("neighbours"),
+            in_domain=values.get("in_domain"),
             models={r: f"{self.models[r].name}@{self.models[r].version}" for r in used},
         )
 
     # --- many CIFs in several processes --------------------------------------------------------------
-    def _predict_parallel(self, cifs: Sequence[StructureSource], *, targets: tuple[str, ...],
-                          return_embedding: bool, workers: int) -> list[Prediction | Rejection]:
+    def _predict_parallel(self, cifs: Sequence[StructureSource], options: dict[str, Any], *,
+                          workers: int) -> list[Prediction | Rejection]:
         pool = self._ensure_pool(workers)
         n = len(cifs)
         chunk = int(min(256, max(16, -(-n // (workers * 4)))))
         indexed = list(enumerate(cifs))
         jobs = [indexed[start:start + chunk] for start in range(0, n, chunk)]
         results: list[Prediction | Rejection] = []
-        for part in pool.map(_worker_predict, jobs, [targets] * len(jobs), [return_embedding] * len(jobs)):
+        for part in pool.map(_worker_predict, jobs, [options] * len(jobs)):
             results.extend(part)
         return results
 
@@ -375,8 +446,9 @@ def _shared_spec(models: dict[str, OnnxModel]) -> FeatureSpec:
                 specs[role] = SiteNetConfig.model_validate(model.config).features
             else:
                 config = RegressorConfig.model_validate(model.config)
-                if config.target != role:
-                    raise ModelLoadError(f"{model.name} predicts {config.target!r}, but was given as the {role} model")
+                if role not in config.targets:
+                    raise ModelLoadError(f"{model.name} predicts {list(config.targets)}, but was given as the {role} "
+                                         "model")
                 specs[role] = config.encoder.features
         except ValidationError as err:
             raise ModelLoadError(f"{model.folder}/config.json is not a valid {role} config: {err}") from None
@@ -390,6 +462,22 @@ def _shared_spec(models: dict[str, OnnxModel]) -> FeatureSpec:
     return first
 
 
+def _open(folders: dict[str, Any], *, providers: ProviderChoice, threads: int | None,
+          load: bool) -> dict[str, OnnxModel | None]:
+    """An OnnxModel per role from its folder (None: role left out); roles given one folder share one session."""
+    opened: dict[str, OnnxModel] = {}
+    models: dict[str, OnnxModel | None] = {}
+    for role, folder in folders.items():
+        if folder is None:
+            models[role] = None
+            continue
+        key = str(Path(folder).resolve())
+        if key not in opened:
+            opened[key] = OnnxModel(folder, providers=providers, threads=threads, load=load)
+        models[role] = opened[key]
+    return models
+
+
 # --- worker processes -------------------------------------------------------------------------------------
 _WORKER: Predictor | None = None
 
@@ -397,38 +485,85 @@ _WORKER: Predictor | None = None
 def _worker_init(folders: dict[str, str], providers: ProviderChoice, max_sites: int, max_bytes: int,
                  batch_size: int, max_pairs: int) -> None:
     global _WORKER
-    models = {role: OnnxModel(folder, providers=providers, threads=1) for role, folder in folders.items()}
-    _WORKER = Predictor(models, max_sites=max_sites, max_bytes=max_bytes, batch_size=batch_size,
-                        max_pairs=max_pairs)
+    _WORKER = Predictor(_open(folders, providers=providers, threads=1, load=True), max_sites=max_sites,
+                        max_bytes=max_bytes, batch_size=batch_size, max_pairs=max_pairs)
 
 
-def _worker_predict(items: list[tuple[int, StructureSource]], targets: tuple[str, ...],
-                    return_embedding: bool) -> list[Prediction | Rejection]:
+def _worker_predict(items: list[tuple[int, StructureSource]], options: dict[str, Any]) -> list[Prediction | Rejection]:
     assert _WORKER is not None, "worker not initialised"
-    return _WORKER._predict_local(items, targets=targets, return_embedding=return_embedding)
+    return _WORKER._predict_local(items, **options)
 
 
 # --- sitenet predict -------------------------------------------------------------------------------------
+CIF_SUFFIXES = (".cif", ".mcif")
+
+
+def expand_inputs(paths: Sequence[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, StructureSource]]:
+    """(name, input) of every crystal behind command-line arguments: CIF files, folders (every .cif/.mcif
+    inside, sorted), .zip archives (every CIF member) and .csv(.gz) tables (a ``cif`` column, ids from
+    ``material_id`` or ``id``). A zip member is read up to ``max_bytes`` + 1 bytes, so an oversized one is
+    rejected by the reader, not loaded."""
+    import zipfile
+
+    items: list[tuple[str, StructureSource]] = []
+    for arg in paths:
+        path = Path(arg)
+        name = path.name.lower()
+        if path.is_dir():
+            items += [(str(f), f) for f in sorted(path.rglob("*")) if f.suffix.lower() in CIF_SUFFIXES and f.is_file()]
+        elif name.endswith(".zip") and path.is_file():
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir() and Path(info.filename).suffix.lower() in CIF_SUFFIXES:
+                        with archive.open(info) as member:
+                            items.append((f"{arg}:{info.filename}", member.read(max_bytes + 1)))
+        elif name.endswith((".csv", ".csv.gz")) and path.is_file():
+            from sitenet.dataset import read_dataset
+
+            table = read_dataset(path, targets=[])
+            items += [(f"{arg}:{i}", cif) for i, cif in zip(table.ids, table.cifs)]
+        else:
+            items.append((arg, path))
+    return items
+
+
 def predict_main(args: Any) -> int:
-    """``sitenet predict CIF... [-o out.json|out.csv|-] [--embedding]``: 0 if at least one CIF was predicted."""
+    """``sitenet predict INPUT... [--model NAME] [--targets ...] [-o out.json|out.csv|-] [--embedding]``:
+    0 if at least one crystal was predicted."""
     import csv
     import json
+    from dataclasses import replace
 
-    paths = [Path(p) for p in args.cifs]
+    from tqdm import tqdm
+
+    from sitenet.api import load_model
+
+    items = expand_inputs(args.cifs)
+    names = [name for name, _ in items]
     workers = getattr(args, "workers", None)
     if workers is None:
-        workers = min(os.cpu_count() or 1, 4) if len(paths) >= 256 else 1
-    with Predictor.from_pretrained(providers=getattr(args, "providers", "auto")) as predictor:
-        results = predictor.predict(paths, return_embedding=bool(args.embedding), workers=workers)
-    rows = [dict(source=str(paths[r.index]), **r.to_dict()) for r in results]
+        workers = min(os.cpu_count() or 1, 4) if len(items) >= 256 else 1
+    with load_model(args.model, providers=getattr(args, "providers", "auto")) as model:
+        targets = tuple(args.targets or model.targets)
+        embedding = bool(args.embedding)
+        model.predictor.roles(targets, embedding)  # a bad option fails before any parsing
+        results: list[Prediction | Rejection] = []
+        chunk = 1024 if workers > 1 else 256
+        with tqdm(total=len(items), unit="crystal", desc="predict", disable=len(items) < 2 * chunk or None) as bar:
+            for start in range(0, len(items), chunk):
+                part = model.predictor.predict([x for _, x in items[start:start + chunk]], targets=targets,
+                                               return_embedding=embedding, workers=workers)
+                results += [replace(r, index=r.index + start) for r in part]
+                bar.update(len(part))
+    rows = [dict(source=names[r.index], **r.to_dict()) for r in results]
     for r in results:
         if isinstance(r, Rejection):
-            print(f"rejected {paths[r.index]}: {r.code}: {r.message}", file=sys.stderr)
+            print(f"rejected {names[r.index]}: {r.code}: {r.message}", file=sys.stderr)
     output = str(args.output)
     if output.endswith(".csv"):
         emb = max((len(r.get("embedding") or []) for r in rows), default=0)
-        columns = ["index", "source", "formula", "n_sites", "band_gap", "metal_probability", "formation_energy",
-                   "code", "message"]
+        columns = ["index", "source", "formula", "n_sites", *[c for t in targets for c in _OUTPUTS[t]], "code",
+                   "message"]
         with open(output, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(columns + [f"e{k}" for k in range(emb)])
@@ -441,6 +576,8 @@ def predict_main(args: Any) -> int:
             print(text)
         else:
             Path(output).write_text(text + "\n", encoding="utf-8")
+    print(f"predicted {sum(isinstance(r, Prediction) for r in results)} of {len(results)} crystal(s) with "
+          f"{model!r}", file=sys.stderr)
     return 0 if any(isinstance(r, Prediction) for r in results) else 1
 
 

@@ -223,12 +223,16 @@ def _preload_cuda_libraries(ort: Any) -> None:
 
 def _declared_outputs(config: Mapping[str, Any]) -> list[str]:
     """ONNX output names implied by a config (what ``training.export.output_names`` gives the graph)."""
+    from pydantic import ValidationError
+
+    from sitenet.config import RegressorConfig
+
     if config.get("model_type") == "sitenet":
         return ["embedding", "sites"]
-    target = config.get("target", "formation_energy")
-    if target == "band_gap" and config.get("metal_classifier", True):
-        return ["band_gap", "metal_probability", "embedding"]
-    return [str(target), "embedding"]
+    try:
+        return list(RegressorConfig.model_validate(config).outputs)
+    except ValidationError:
+        return []  # the session's own output names stand; role checks report the bad config
 
 
 def _sha256(path: Path) -> str:

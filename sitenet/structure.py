@@ -18,6 +18,7 @@ import numpy as np
 
 from sitenet.cif import parse_cif
 from sitenet.crystal import Crystal
+from sitenet.limits import DEFAULT_MAX_CPU_S, call_limited
 from sitenet.elements import MAX_Z
 from sitenet.supercell import NEIGHBOUR_SHIFTS, min_image_distances, niggli_cell
 from sitenet.errors import (
@@ -52,6 +53,7 @@ def read_structure(
     *,
     max_sites: int = DEFAULT_MAX_SITES,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_cpu_s: float | None = DEFAULT_MAX_CPU_S,
 ) -> "Structure":  # noqa: F821 (pymatgen type, imported lazily)
     """Read and validate one crystal.
 
@@ -60,6 +62,8 @@ def read_structure(
             (``str`` or ``os.PathLike``) to a CIF file, a pymatgen ``Structure`` or an ASE ``Atoms``.
         max_sites: most sites accepted in the given cell.
         max_bytes: most bytes accepted in CIF text.
+        max_cpu_s: most CPU seconds reading and validating may take (None: no limit); a request deadline set
+            with ``sitenet.limits.deadline`` also stops it.
 
     Returns:
         A validated, ordered pymatgen ``Structure`` (a copy; the input is not modified).
@@ -67,7 +71,7 @@ def read_structure(
     Raises:
         SiteNetError: a subclass whose ``code`` names the problem (see ``sitenet.errors``).
     """
-    crystal = _read_valid(source, max_sites=max_sites, max_bytes=max_bytes)
+    crystal = _read_valid(source, max_sites=max_sites, max_bytes=max_bytes, max_cpu_s=max_cpu_s)
     return crystal.to_structure() if isinstance(crystal, Crystal) else crystal
 
 
@@ -76,6 +80,7 @@ def read_crystal(
     *,
     max_sites: int = DEFAULT_MAX_SITES,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_cpu_s: float | None = DEFAULT_MAX_CPU_S,
 ) -> Crystal:
     """``read_structure`` without the pymatgen ``Structure``: the same inputs, checks and errors, and the same
     sites in the same order, as arrays.
@@ -83,7 +88,7 @@ def read_crystal(
     Raises:
         SiteNetError: exactly as ``read_structure``.
     """
-    crystal = _read_valid(source, max_sites=max_sites, max_bytes=max_bytes)
+    crystal = _read_valid(source, max_sites=max_sites, max_bytes=max_bytes, max_cpu_s=max_cpu_s)
     return crystal if isinstance(crystal, Crystal) else Crystal.from_structure(crystal)
 
 
@@ -103,14 +108,20 @@ def read_structures(
     return out
 
 
-def _read_valid(source: StructureSource, *, max_sites: int, max_bytes: int) -> "Crystal | Structure":  # noqa: F821
-    """The validated crystal of any accepted source, in whichever form it was read."""
-    parsed = _read(source, max_sites=max_sites, max_bytes=max_bytes)
-    if isinstance(parsed, Crystal):
-        validate_crystal(parsed, max_sites=max_sites)
-    else:
-        validate_structure(parsed, max_sites=max_sites)
-    return parsed
+def _read_valid(source: StructureSource, *, max_sites: int, max_bytes: int,
+                max_cpu_s: float | None = DEFAULT_MAX_CPU_S) -> "Crystal | Structure":  # noqa: F821
+    """The validated crystal of any accepted source, in whichever form it was read, within ``max_cpu_s`` of
+    CPU time (and the deadline of ``sitenet.limits.deadline``, if one is set)."""
+
+    def read() -> "Crystal | Structure":  # noqa: F821
+        parsed = _read(source, max_sites=max_sites, max_bytes=max_bytes)
+        if isinstance(parsed, Crystal):
+            validate_crystal(parsed, max_sites=max_sites)
+        else:
+            validate_structure(parsed, max_sites=max_sites)
+        return parsed
+
+    return call_limited(read, cpu_s=max_cpu_s, what="reading the input")
 
 
 def _read(source: StructureSource, *, max_sites: int, max_bytes: int) -> "Crystal | Structure":  # noqa: F821
@@ -119,7 +130,7 @@ def _read(source: StructureSource, *, max_sites: int, max_bytes: int) -> "Crysta
 
     if isinstance(source, Structure):
         return source.copy()
-    if type(source).__name__ == "Atoms" and hasattr(source, "get_cell"):
+    if any(f"{c.__module__}.{c.__name__}" == "ase.atoms.Atoms" for c in type(source).__mro__):  # subclasses too
         return _from_ase(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)

@@ -1,7 +1,7 @@
 """A tiny but real model zoo for the inference and service tests (built once per test session).
 
-Three folders named like the bundled models (encoder, band-gap and formation-energy regressors sharing one
-FeatureSpec), each with config.json, model.safetensors, model.onnx (exported by ``training.export``),
+Folders named like the zoo's models (encoder, band-gap and formation-energy regressors, and a multi-task
+regressor of both, sharing one FeatureSpec), each with config.json, model.safetensors, model.onnx (exported by ``training.export``),
 README.md and manifest.json. Small widths keep ONNX runs fast; the embedding keeps its 64 dimensions.
 Use ``from tiny_zoo import tiny_zoo`` in a test module to get the fixture (a zoo directory for
 ``SITENET_ZOO_DIR``).
@@ -15,6 +15,7 @@ import pytest
 
 ENCODER, BAND_GAP, FORMATION_ENERGY = ("sitenet-dim-mp2018", "sitenet-dim-mp2018-band-gap",
                                        "sitenet-dim-mp2018-formation-energy")
+MULTITASK = "sitenet-dim-mp2018-band-gap-formation-energy"
 
 
 def tiny_encoder_config(**features: object):
@@ -46,13 +47,14 @@ def build_tiny_zoo(root: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     encoder = SiteNetEncoder(tiny_encoder_config()).eval()
     write_model(root / ENCODER, encoder)
-    for name, target in ((BAND_GAP, "band_gap"), (FORMATION_ENERGY, "formation_energy")):
-        config = RegressorConfig(encoder=encoder.config, target=target, head_hidden=(16,))
+    for name, targets in ((BAND_GAP, ("band_gap",)), (FORMATION_ENERGY, ("formation_energy",)),
+                          (MULTITASK, ("band_gap", "formation_energy"))):
+        config = RegressorConfig(encoder=encoder.config, targets=targets, head_hidden=(16,))
         write_model(root / name, SiteNetRegressor.from_encoder(encoder, config).eval())
     return root
 
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A zoo directory holding the three tiny models under the bundled names."""
+    """A zoo directory holding the tiny models under the zoo's names."""
     return build_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"))

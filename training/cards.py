@@ -165,9 +165,9 @@ def _front_matter(name: str, config: SiteNetConfig | RegressorConfig, evals: Seq
     return data.to_yaml()
 
 
-def _metrics_table(reports: Mapping[str, EvalReport]) -> list[str]:
+def _metrics_table(reports: Sequence[tuple[str, EvalReport]]) -> list[str]:
     lines = ["| model | target | metric | value | train / val / test crystals |", "|---|---|---|---|---|"]
-    for model, report in reports.items():
+    for model, report in reports:
         unit = UNITS[report.target]
         for key, (what, has_unit) in REQUIRED_METRICS[report.target].items():
             lines.append(f"| {model} | {report.target} | {what} | {_fmt(report.metrics[key], unit if has_unit else None)} "
@@ -175,18 +175,35 @@ def _metrics_table(reports: Mapping[str, EvalReport]) -> list[str]:
     return lines
 
 
+def _baseline_lines(reports: Sequence[tuple[str, EvalReport]], baseline: Mapping[str, object] | None) -> list[str]:
+    """The bar to clear: a Magpie composition random forest on the same training labels and test crystals."""
+    results = baseline.get("results", {}) if baseline else {}
+    rows = [(model, r, results[r.target]) for model, r in reports if isinstance(results, Mapping) and r.target in results]
+    if not rows:
+        return []
+    out = ["Beside the bar to clear, a random forest on Magpie composition features (matminer) trained on the same "
+           "labels and scored on the same crystals:", "",
+           "| model | target | MAE | Magpie + RF MAE | change |", "|---|---|---|---|---|"]
+    for model, report, base in rows:
+        ours, theirs, unit = report.metrics["mae"], float(base["mae"]), UNITS[report.target]
+        out.append(f"| {model} | {report.target} | {ours:.4f} {unit} | {theirs:.4f} {unit} | "
+                   f"{100 * (ours - theirs) / theirs:+.0f} % |")
+    return out + ["", f"Baseline command: `{baseline['command']}` (`benchmarks/results/magpie_baseline.md`).", ""]
+
+
 def render_card(
     name: str,
     config: SiteNetConfig | RegressorConfig,
     *,
     evals: Sequence[EvalReport] = (),
-    downstream: Mapping[str, EvalReport] | None = None,
+    downstream: Sequence[tuple[str, EvalReport]] | None = None,
     trained: bool = True,
-    plot: str | None = None,
+    plots: Mapping[str, str] | None = None,
     build_command: str,
     org: str = ORG,
     encoder_name: str | None = None,
     training: Mapping[str, object] | None = None,
+    baseline: Mapping[str, object] | None = None,
 ) -> str:
     """The model card (README.md) of a zoo model.
 
@@ -194,14 +211,16 @@ def render_card(
         name: Zoo folder name, also the Hub repo name ``<org>/<name>``.
         config: The model's config (an encoder's ``SiteNetConfig`` or a regressor's ``RegressorConfig``).
         evals: This model's own evaluations (one per target; regressors only); they fill ``model-index``.
-        downstream: Encoder cards: evaluations of models fine-tuned from it, by model name.
+        downstream: Encoder cards: (model name, evaluation) of the models fine-tuned from it.
         trained: False for a random-init placeholder: the card says so at the top, and has no metrics.
-        plot: File name of the parity plot inside the model folder, linked from the card.
+        plots: target -> file name of its parity plot inside the model folder, linked from the card.
         build_command: The command that assembled this folder.
         org: Hub organisation.
         encoder_name: Zoo name of the encoder a regressor was fine-tuned from (its ``base_model``).
         training: The folder's ``training.json`` (resolved training config and ``splits`` crystal counts),
             when it ships one.
+        baseline: The composition baseline on the same labels and test crystals (``sitenet baseline``'s JSON:
+            ``command`` and ``results`` by target), shown beside this model's metrics.
 
     Returns:
         The card text (YAML front matter + Markdown), deterministic in its arguments.
@@ -209,8 +228,8 @@ def render_card(
     is_encoder = isinstance(config, SiteNetConfig)
     if is_encoder and evals:
         raise ValueError("an encoder has no targets of its own; pass its fine-tuned models' results as downstream")
-    if not is_encoder and any(r.target != config.target for r in evals):
-        raise ValueError(f"evaluations for {sorted({r.target for r in evals})} given to a {config.target} model")
+    if not is_encoder and any(r.target not in config.targets for r in evals):
+        raise ValueError(f"evaluations for {sorted({r.target for r in evals})} given to a {list(config.targets)} model")
     if trained and not is_encoder and not evals:
         raise ValueError(f"{name}: a trained regressor's card needs its evaluation JSON")
     enc = config if is_encoder else config.encoder
@@ -232,13 +251,14 @@ def render_card(
                 f"(`embedding`, shape (B, {enc.embedding_dim})) and per-site local vectors (`sites`, shape "
                 f"(B, P, {enc.local_dim})). Fine-tune it on a few hundred labelled crystals of your own.", ""]
     else:
-        unit = UNITS[config.target]
-        what = (f"band gap in eV (exactly 0 where the predicted metal probability is >= 0.5) and the metal "
-                f"probability" if config.target == "band_gap" and config.metal_classifier
-                else f"{LABELS[config.target].lower()} in {unit}")
+        whats = [f"band gap in eV (exactly 0 where the predicted metal probability is >= 0.5) and the metal "
+                 f"probability" if config.gated(t) else f"{LABELS[t].lower()} in {UNITS[t]}" for t in config.targets]
+        what = " and the ".join(whats)
+        several = (" One encoder pass gives every target (a multi-task model: one encoder, one head, trained on "
+                   "the summed losses).") if len(config.targets) > 1 else ""
         out += [f"A Site-Net regressor predicting the {what} of a crystal from its CIF, fine-tuned from the Deep "
                 f"InfoMax pretrained encoder" + (f" [`{base}`](https://huggingface.co/{base})" if base else "") +
-                f". Outputs: {', '.join(f'`{o}`' for o in config.outputs)}.", ""]
+                f". Outputs: {', '.join(f'`{o}`' for o in config.outputs)}.{several}", ""]
 
     out += ["## Files", "",
             "| file | content |", "|---|---|",
@@ -266,7 +286,7 @@ def render_card(
         out += [f"Crystals per split of this run: {counts}. {how}; the test crystals were never trained on.", ""]
 
     out += ["## Evaluation", ""]
-    reports = {name: r for r in evals} if evals else dict(downstream or {})
+    reports = [(name, r) for r in evals] if evals else list(downstream or ())
     if not trained:
         out += ["None: this is an untrained placeholder.", ""]
     elif not reports:
@@ -276,10 +296,11 @@ def render_card(
         if is_encoder:
             out += ["The encoder has no labels of its own. Models fine-tuned from it, on the held-out test crystals:", ""]
         out += _metrics_table(reports) + [""]
-        if plot:
-            out += [f"![Parity plot: predicted against DFT {LABELS[config.target].lower()}]({plot})", ""]
+        out += _baseline_lines(reports, baseline)
+        for target, plot in (plots or {}).items():
+            out += [f"![Parity plot: predicted against DFT {LABELS[target].lower()}]({plot})", ""]
         out += ["Each number above was produced by:", ""]
-        for model, report in reports.items():
+        for model, report in reports:
             out += [f"- {model} ({report.target}, {report.split} split of {report.dataset}):", "",
                     "  ```bash", f"  {report.command}", "  ```", ""]
     out += ["This folder was assembled by:", "", "```bash", build_command, "```", ""]
@@ -308,7 +329,7 @@ def render_card(
             "from sitenet.model import SiteNetEncoder, SiteNetRegressor",
             "",
             f'encoder = SiteNetEncoder.from_pretrained("{finetune_from}")  # zoo name, folder or "{org}/{finetune_from}"',
-            'config = RegressorConfig(encoder=encoder.config, target="formation_energy")',
+            'config = RegressorConfig(encoder=encoder.config, targets=["formation_energy"])',
             "model = SiteNetRegressor.from_encoder(encoder, config)  # encoder weights copied strictly, new head",
             "```", "",
             "or from the command line, with a CSV of `material_id` (or `id`), `cif` and label columns "

@@ -52,13 +52,20 @@ def _data_config(sets: list[str] | None):
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
-    """Score a fine-tuned model folder on the held-out split; writes <output>.json and <output>.png."""
+    """Score a fine-tuned model folder on the held-out split, every target it predicts: writes <output>.json
+    and <output>.png (a multi-task model: <output>-<target>.json and .png per target)."""
+    from sitenet.config import RegressorConfig
+    from training.data import load_corpus
     from training.evaluate import evaluate
 
     _setup_logging()
     data = _data_config(args.set)
     output = args.output or str(Path(args.model).with_name(Path(args.model).name + "-eval"))
-    print(json.dumps(evaluate(args.model, output, data=data), indent=2))
+    config = RegressorConfig.model_validate_json((Path(args.model) / "config.json").read_text(encoding="utf-8"))
+    corpus = load_corpus(data)
+    for target in config.targets:
+        path = output if len(config.targets) == 1 else f"{output}-{target.replace('_', '-')}"
+        print(json.dumps(evaluate(args.model, path, data=data, corpus=corpus, target=target), indent=2))
     return 0
 
 
@@ -87,6 +94,13 @@ def baseline_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_main(args: argparse.Namespace) -> int:
+    """Re-export a saved torch model folder (``training.publish``)."""
+    from training.publish import export_command
+
+    return int(export_command(args) or 0)
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register pretrain / finetune / evaluate / study on a parser's subparsers."""
     overrides = dict(action="append", metavar="KEY=VALUE", help="override a recipe value (dotted keys for sections)")
@@ -113,6 +127,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", default="benchmarks/results/magpie_baseline", help="path stem of JSON and MD")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="data settings, e.g. data.path=...")
     p.set_defaults(func=baseline_main)
+
+    p = subparsers.add_parser(
+        "export",
+        help="re-export a saved torch model folder: ONNX (parity-checked), card, manifest",
+        description="Re-export a saved torch model folder (config.json + model.safetensors): writes model.onnx "
+                    "after an ONNX-vs-PyTorch parity check, rebuilds the card and manifest.json.",
+    )
+    p.add_argument("model", metavar="MODEL_FOLDER", help="folder with config.json + model.safetensors")
+    p.add_argument("--output", "-o", default=None, help="destination folder (default: rewrite MODEL_FOLDER)")
+    p.add_argument("--eval", action="append", default=[], help="evaluation JSON (sitenet evaluate) to render the "
+                   "card from; repeatable, one per target")
+    p.add_argument("--name", default=None, help="model name in the card (default: the output folder's name)")
+    p.set_defaults(func=export_main)
 
     p = subparsers.add_parser("study", help="the label-masking study")
     p.add_argument("recipe", nargs="?", default=str(RECIPES / "study.yaml"))

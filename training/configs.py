@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sitenet.config import SiteNetConfig, Target
+from sitenet.config import SiteNetConfig, Target, check_targets, single_target
 
 Negatives = Literal["standard", "domain-aware"]
 
@@ -86,9 +86,10 @@ class PretrainConfig(_Frozen):
 
 
 class FinetuneConfig(_Frozen):
-    """A property head trained on an encoder (method.md D.5)."""
+    """A property head trained on an encoder (method.md D.5); several targets train one multi-task model."""
 
-    target: Target = "band_gap"
+    targets: tuple[Target, ...] = Field(("band_gap",), description="properties to predict (``target: x`` is "
+                                        "accepted for one); several: one encoder, one head, summed losses")
     init: str = Field("random", description="'random', a DIM model folder (pretrain output) or a zoo name")
     encoder: SiteNetConfig = Field(SiteNetConfig(activation="silu"), description="used only with init='random'")
     mode: Literal["full", "frozen"] = "full"
@@ -105,6 +106,13 @@ class FinetuneConfig(_Frozen):
     output: str = "runs/finetune"
     resume: bool = Field(True, description="resume from <output>/checkpoints/last.ckpt if it exists")
     seed: int = 0
+
+    _single_target = model_validator(mode="before")(classmethod(lambda cls, data: single_target(data)))
+
+    @model_validator(mode="after")
+    def _check(self) -> "FinetuneConfig":
+        check_targets(self.targets)
+        return self
 
 
 class StudyConfig(_Frozen):

@@ -9,6 +9,7 @@ budget is drawn, so "N labels" always means N (pitfall F.5).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,14 +86,16 @@ class Splits:
     test: np.ndarray
 
 
-def make_splits(corpus: Corpus, cfg: DataConfig, *, target: str | None = None, n_labels: int | None = None,
+def make_splits(corpus: Corpus, cfg: DataConfig, *, target: str | Sequence[str] | None = None,
+                n_labels: int | None = None,
                 seed: int | None = None) -> Splits:
     """Seeded train / validation / test rows.
 
     Args:
         corpus: the data.
         cfg: split settings (``val_fraction``, ``max_primitive``, ``limit``, ``seed``).
-        target: if given, only rows with an agreed label of this target are used (test: the scored rows).
+        target: if given, only rows with an agreed label of this target (of every one of these targets) are
+            used (test: the scored rows).
         n_labels: draw this many labelled training rows first; validation is carved from them.
         seed: overrides ``cfg.seed``.
 
@@ -102,8 +105,8 @@ def make_splits(corpus: Corpus, cfg: DataConfig, *, target: str | None = None, n
     seed = cfg.seed if seed is None else seed
     rng = np.random.default_rng(seed)
     ok = corpus.store_row >= 0
-    if target is not None:
-        ok &= np.isfinite(corpus.labels(target))
+    for name in [target] if isinstance(target, str) else target or ():
+        ok &= np.isfinite(corpus.labels(name))
     test = np.flatnonzero(ok & corpus.test)
     pool = ok & ~corpus.test
     if cfg.max_primitive is not None:
@@ -234,11 +237,15 @@ class _Rows(Dataset):
 
 
 class Collate:
-    """Dataset rows -> model input tensors plus ``target`` (B,) (NaN if none) and ``row`` (B,)."""
+    """Dataset rows -> model input tensors plus ``target`` (B,) for one target name, (B,T) for a sequence of
+    T names (NaN where missing or for no target) and ``row`` (B,)."""
 
-    def __init__(self, corpus: Corpus, target: str | None):
+    def __init__(self, corpus: Corpus, target: str | Sequence[str] | None):
         self.corpus = corpus
-        self.labels = corpus.labels(target) if target else None
+        if target is None or isinstance(target, str):
+            self.labels = corpus.labels(target) if target else None
+        else:
+            self.labels = np.stack([corpus.labels(name) for name in target], axis=1)  # (M,T)
 
     def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         rows_arr = np.asarray(rows, dtype=np.int64)
@@ -246,12 +253,12 @@ class Collate:
         batch = collate([store[int(r)] for r in self.corpus.store_row[rows_arr]], store.spec)
         out = to_tensors(batch)
         y = self.labels[rows_arr] if self.labels is not None else np.full(len(rows_arr), np.nan)
-        out["target"] = torch.as_tensor(y, dtype=torch.float32)  # (B,)
+        out["target"] = torch.as_tensor(y, dtype=torch.float32)  # (B,) or (B,T)
         out["row"] = torch.as_tensor(rows_arr)  # (B,)
         return out
 
 
-def loader(corpus: Corpus, rows: np.ndarray, cfg: DataConfig, *, target: str | None = None, shuffle: bool = False,
+def loader(corpus: Corpus, rows: np.ndarray, cfg: DataConfig, *, target: str | Sequence[str] | None = None, shuffle: bool = False,
            seed: int = 0) -> ResumableLoader:
     """A resumable DataLoader over dataset ``rows`` with size-bucketed batches (no worker processes: 2-core
     budget; also what makes "batches yielded == batches consumed" hold for mid-epoch resume)."""
@@ -264,7 +271,7 @@ def loader(corpus: Corpus, rows: np.ndarray, cfg: DataConfig, *, target: str | N
 class CrystalDataModule(L.LightningDataModule):
     """Train / validation / test loaders over a :class:`Corpus` (loaded in ``setup`` unless given)."""
 
-    def __init__(self, cfg: DataConfig, *, target: str | None = None, n_labels: int | None = None,
+    def __init__(self, cfg: DataConfig, *, target: str | Sequence[str] | None = None, n_labels: int | None = None,
                  corpus: Corpus | None = None):
         super().__init__()
         self.cfg, self.target, self.n_labels = cfg, target, n_labels

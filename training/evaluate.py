@@ -56,13 +56,13 @@ def mae_by_size(y: np.ndarray, pred: np.ndarray, sites: np.ndarray) -> list[dict
 
 
 @torch.no_grad()
-def predict(model: SiteNetRegressor, corpus: Corpus, rows: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """Predictions (len(rows),) of ``model``'s target, in the order of ``rows``."""
+def predict(model: SiteNetRegressor, corpus: Corpus, rows: np.ndarray, cfg: DataConfig, target: str) -> np.ndarray:
+    """Predictions (len(rows),) of ``model``'s ``target``, in the order of ``rows``."""
     model.eval()
     out = np.zeros(len(rows))
     position = {int(r): k for k, r in enumerate(rows)}
     for batch in loader(corpus, rows, cfg):
-        value = model(**{k: batch[k] for k in INPUTS})[model.config.target]  # (B,)
+        value = model(**{k: batch[k] for k in INPUTS})[target]  # (B,)
         out[[position[int(r)] for r in batch["row"]]] = value.numpy()
     return out
 
@@ -87,18 +87,29 @@ def parity_plot(y: np.ndarray, pred: np.ndarray, path: Path, *, title: str, unit
 
 
 def evaluate(model_dir: str | Path, output: str | Path, *, data: DataConfig = DataConfig(),
-             corpus: Corpus | None = None) -> dict:
-    """Score a SiteNetRegressor folder on the held-out split; writes ``<output>.json`` and ``<output>.png``.
+             corpus: Corpus | None = None, target: str | None = None) -> dict:
+    """Score one target of a SiteNetRegressor folder on the held-out split; writes ``<output>.json`` and
+    ``<output>.png``.
+
+    Args:
+        target: which of the model's targets (None: its only one).
 
     Returns:
         The JSON content: model, target, unit, number of rows, metrics.
+
+    Raises:
+        ValueError: ``target`` is not one of the model's, or None for a multi-task model.
     """
     model = SiteNetRegressor.from_pretrained(str(model_dir))
-    target = model.config.target
+    targets = model.config.targets
+    if target is None and len(targets) == 1:
+        target = targets[0]
+    if target not in targets:
+        raise ValueError(f"{model_dir} predicts {list(targets)}; choose one of them as target, got {target!r}")
     corpus = corpus or load_corpus(data)
     rows = make_splits(corpus, data, target=target).test
     y = corpus.labels(target)[rows]
-    pred = predict(model, corpus, rows, data)
+    pred = predict(model, corpus, rows, data, target)
     result = {"model": str(model_dir), "target": target, "unit": UNITS[target], "split": "held-out (labels_agree)",
               "metrics": metrics(target, y, pred), "mae_by_size": mae_by_size(y, pred, corpus.sizes(rows)[:, 0])}
     output = Path(output)

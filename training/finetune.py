@@ -4,6 +4,8 @@ Band gap: a metal classifier (BCE on gap == 0) plus an L1 gap regression on the 
 output is never negative (method.md D.5, sitenet.model.SiteNetRegressor). Formation energy: L1.
 Targets are standardised with the training labels' mean and std while training; at the end the scaling is
 folded into the head's last Linear layer, so the saved model predicts eV or eV/atom directly.
+Several targets make one multi-task model: the losses (each in standardised units) are summed, and
+``val/mae`` is the mean over targets of MAE / std, so no target's units dominate the epoch chosen.
 """
 
 from __future__ import annotations
@@ -41,42 +43,62 @@ def load_encoder(init: str, config=None) -> SiteNetEncoder:
     return SiteNetEncoder.from_pretrained(resolve(init))
 
 
+def head_losses(raw: torch.Tensor, y: torch.Tensor, config: RegressorConfig,
+                scaling: dict[str, tuple[float, float]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of raw head outputs (B,K) against labels (B,) or (B,T) in target units, with each target's value
+    column standardised by ``scaling[target] = (mean, std)``: (summed loss, served prediction (B,) per target).
+
+    Band gap with a metal classifier: BCE on gap == 0 plus L1 on the non-metals; other targets: L1."""
+    y = y.reshape(len(raw), -1)  # (B,T)
+    loss, served = raw.new_zeros(()), {}
+    for j, target in enumerate(config.targets):
+        value_col, logit_col = config.columns[target]
+        mean, std = scaling[target]
+        value = raw[:, value_col] * std + mean  # (B,) in target units
+        if target == "band_gap":
+            value = nonnegative(value)
+        yt = y[:, j]  # (B,)
+        if logit_col is None:
+            loss = loss + (value - yt).abs().mean() / std
+            served[target] = value
+            continue
+        metal = yt <= 0.0  # (B,)
+        loss = loss + F.binary_cross_entropy_with_logits(raw[:, logit_col], metal.to(raw.dtype))
+        if (~metal).any():  # gap regression on the non-metals only
+            loss = loss + (value[~metal] - yt[~metal]).abs().mean() / std
+        served[target] = value * (torch.sigmoid(raw[:, logit_col]) < 0.5).to(value.dtype)  # as forward()
+    return loss, served
+
+
 class FinetuneModule(L.LightningModule):
     """Trains a :class:`SiteNetRegressor` against standardised targets (mean, std of the training labels)."""
 
-    def __init__(self, model: SiteNetRegressor, *, lr: float, weight_decay: float, mean: float, std: float,
-                 schedule: str = "constant", config: dict | None = None, compile: bool | str = False):
+    def __init__(self, model: SiteNetRegressor, *, lr: float, weight_decay: float,
+                 scaling: dict[str, tuple[float, float]], schedule: str = "constant", config: dict | None = None,
+                 compile: bool | str = False):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "compile"])
         self.compile_setting = compile
         self.model = model
-        self.target = model.config.target
-        self.classifier = self.target == "band_gap" and model.config.metal_classifier
+        self.targets = model.config.targets
 
-    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, served prediction (B,) in eV or eV/atom)."""
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(summed standardised loss, served prediction (B,) of each target in its units)."""
         raw, _ = self.model.raw(**{k: batch[k] for k in INPUTS})  # (B,K)
-        y = batch["target"]  # (B,)
-        mean, std = self.hparams.mean, self.hparams.std
-        value = raw[:, 0] * std + mean  # (B,) in target units
-        if self.target == "band_gap":
-            value = nonnegative(value)
-        if not self.classifier:
-            return (value - y).abs().mean() / std, value
-        metal = y <= 0.0  # (B,)
-        loss = F.binary_cross_entropy_with_logits(raw[:, 1], metal.to(raw.dtype))
-        if (~metal).any():  # gap regression on the non-metals only
-            loss = loss + (value[~metal] - y[~metal]).abs().mean() / std
-        served = value * (torch.sigmoid(raw[:, 1]) < 0.5).to(value.dtype)  # as SiteNetRegressor.forward
-        return loss, served
+        return head_losses(raw, batch["target"], self.model.config, self.hparams.scaling)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        loss, pred = self._losses(batch)
-        b = len(pred)
-        mae = (pred.detach() - batch["target"]).abs().mean()
+        loss, served = self._losses(batch)
+        y = batch["target"].reshape(len(batch["row"]), -1)  # (B,T)
+        b = len(y)
         self.log(f"{stage}/loss", loss, batch_size=b, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/mae_{self.target}", mae, batch_size=b, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/mae", mae, batch_size=b, prog_bar=stage == "val", on_step=False, on_epoch=True, sync_dist=True)
+        score = 0.0
+        for j, target in enumerate(self.targets):
+            mae = (served[target].detach() - y[:, j]).abs().mean()
+            self.log(f"{stage}/mae_{target}", mae, batch_size=b, on_step=False, on_epoch=True, sync_dist=True)
+            score = score + (mae if len(self.targets) == 1 else mae / self.hparams.scaling[target][1])
+        self.log(f"{stage}/mae", score / len(self.targets), batch_size=b, prog_bar=stage == "val", on_step=False,
+                 on_epoch=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -127,12 +149,14 @@ class BestWeights(Callback):
         self.best, self.epoch, self.state = float(state_dict["best"]), int(state_dict["epoch"]), state_dict["state"]
 
 
-def fold_standardisation(model: SiteNetRegressor, mean: float, std: float) -> None:
-    """Make column 0 of the head output the target in its units: w0 <- std w0, b0 <- std b0 + mean."""
+def fold_standardisation(model: SiteNetRegressor, scaling: dict[str, tuple[float, float]]) -> None:
+    """Make each target's value column of the head output the target in its units: w <- std w, b <- std b + mean."""
     last = model.head.net[-1]  # the head's final Linear (B,K)
     with torch.no_grad():
-        last.weight[0].mul_(std)
-        last.bias[0].mul_(std).add_(mean)
+        for target, (mean, std) in scaling.items():
+            col = model.config.columns[target][0]
+            last.weight[col].mul_(std)
+            last.bias[col].mul_(std).add_(mean)
 
 
 def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool = True,
@@ -154,11 +178,11 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    data = CrystalDataModule(cfg.data, target=cfg.target, n_labels=cfg.n_labels, corpus=corpus)
+    data = CrystalDataModule(cfg.data, target=cfg.targets, n_labels=cfg.n_labels, corpus=corpus)
     data.prepare_data()
     data.setup()
     encoder = load_encoder(cfg.init, cfg.encoder)
-    reg = RegressorConfig(encoder=encoder.config, target=cfg.target, head_hidden=cfg.head_hidden,
+    reg = RegressorConfig(encoder=encoder.config, targets=cfg.targets, head_hidden=cfg.head_hidden,
                           metal_classifier=cfg.metal_classifier)
     model = SiteNetRegressor.from_encoder(encoder, reg)
     if cfg.mode == "frozen":
@@ -166,10 +190,12 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
     # DIM's noise heads take no part in the regression, and DDP rejects unused trainable parameters
     model.encoder.local_logvar.requires_grad_(False)
     model.encoder.embedding_logvar.requires_grad_(False)
-    y = data.corpus.labels(cfg.target)[data.splits.train]
-    scale_rows = y[y > 0] if cfg.target == "band_gap" and cfg.metal_classifier and (y > 0).any() else y
-    mean, std = float(scale_rows.mean()), float(max(scale_rows.std(), 1e-3))
-    module = FinetuneModule(model, lr=cfg.lr, weight_decay=cfg.weight_decay, mean=mean, std=std, schedule=cfg.schedule,
+    scaling = {}
+    for target in cfg.targets:
+        y = data.corpus.labels(target)[data.splits.train]
+        rows = y[y > 0] if reg.gated(target) and (y > 0).any() else y  # the gap is regressed on non-metals only
+        scaling[target] = (float(rows.mean()), float(max(rows.std(), 1e-3)))
+    module = FinetuneModule(model, lr=cfg.lr, weight_decay=cfg.weight_decay, scaling=scaling, schedule=cfg.schedule,
                             config=cfg.model_dump(mode="json"), compile=cfg.trainer.compile)
     best = BestWeights("val/mae")
     stop = ResumableEarlyStopping("val/mae", patience=cfg.patience, mode="min")
@@ -185,11 +211,11 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     if best.state is not None:
         module.load_state_dict(best.state, strict=True)
-    fold_standardisation(model, mean, std)
+    fold_standardisation(model, scaling)
     if trainer.is_global_zero:
         model.save_pretrained(output)
         (output / "training.json").write_text(json.dumps({
-            "config": cfg.model_dump(mode="json"), "standardisation": {"mean": mean, "std": std},
+            "config": cfg.model_dump(mode="json"), "standardisation": {t: {"mean": m, "std": sd} for t, (m, sd) in scaling.items()},
             "best_epoch": best.epoch, "best_val_mae": best.best, "epochs_run": trainer.current_epoch,
             "splits": {k: int(len(getattr(data.splits, k))) for k in ("train", "val", "test")}}, indent=2))
     return output

@@ -14,6 +14,7 @@ import fnmatch
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from importlib.metadata import version as _package_version
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def provenance(model: Model, *, trained: bool, extra: dict[str, Any] | None = No
         "format_version": FORMAT_VERSION,
         "model_type": model.config.model_type,
         "kind": _model_kind(model),
-        "target": None if isinstance(model, SiteNetEncoder) else model.config.target,
+        "targets": [] if isinstance(model, SiteNetEncoder) else list(model.config.targets),
         "outputs": list(output_names(model)),
         "trained": trained,
         "featurizer_version": FEATURIZER_VERSION,
@@ -261,15 +262,15 @@ def _read_trained(folder: Path) -> bool:
     return True
 
 
-def export_folder(source: str | Path, output: str | Path | None = None, *, eval_json: str | Path | None = None,
+def export_folder(source: str | Path, output: str | Path | None = None, *, evals: Sequence[str | Path] = (),
                   name: str | None = None) -> Path:
     """Re-export a saved torch model folder: ONNX (parity-checked), card, provenance and manifest.
 
     Args:
         source: A folder with config.json + model.safetensors.
         output: Destination; default ``source`` itself (replaced in place once everything passed).
-        eval_json: An evaluation JSON (``training/evaluate.py``) to render the card from; without it an
-            existing README.md is kept, else huggingface_hub's generated card is written.
+        evals: Evaluation JSONs (``training/evaluate.py``, one per target) to render the card from; without
+            them an existing README.md is kept, else huggingface_hub's generated card is written.
         name: Model name for the card; default the output folder's name.
 
     Returns:
@@ -284,14 +285,18 @@ def export_folder(source: str | Path, output: str | Path | None = None, *, eval_
     name = name or output.name
     extra = {p.name: p for p in sorted(source.glob("*.png"))}
     card: str | None = None
-    if eval_json is not None:
-        report = read_eval(eval_json)
-        plot = report.plot_path(Path(eval_json))
-        if plot is not None:
-            extra["parity.png"] = plot
-        command = f"sitenet export {source} --eval {eval_json}" + (f" --output {output}" if output != source else "")
-        card = render_card(name, model.config, evals=[report] if isinstance(model, SiteNetRegressor) else [],
-                           trained=trained, plot="parity.png" if plot is not None else None, build_command=command)
+    if evals:
+        reports = [read_eval(path) for path in evals]
+        plots = {}
+        for report, path in zip(reports, evals):
+            plot = report.plot_path(Path(path))
+            if plot is not None:
+                plots[report.target] = f"parity-{report.target.replace('_', '-')}.png"
+                extra[plots[report.target]] = plot
+        command = " ".join([f"sitenet export {source}", *(f"--eval {path}" for path in evals)]
+                           + ([f"--output {output}"] if output != source else []))
+        card = render_card(name, model.config, evals=reports if isinstance(model, SiteNetRegressor) else [],
+                           trained=trained, plots=plots, build_command=command)
     elif (source / "README.md").is_file():
         card = (source / "README.md").read_text(encoding="utf-8")
     # else: huggingface_hub's generated card
@@ -306,23 +311,8 @@ def export_folder(source: str | Path, output: str | Path | None = None, *, eval_
     return publish(model, output, card=card, extra_files=extra, trained=trained)
 
 
-def _export(args: argparse.Namespace) -> int:
+def export_command(args: argparse.Namespace) -> int:
     folder = export_folder(Path(args.model), Path(args.output) if args.output else None,
-                           eval_json=args.eval, name=args.name)
+                           evals=args.eval, name=args.name)
     print(json.dumps({"folder": str(folder), "files": sorted(p.name for p in folder.iterdir() if p.is_file())}))
     return 0
-
-
-def add_subcommands(subparsers: Any) -> None:
-    """Register ``sitenet export`` on the ``sitenet`` command's subparsers."""
-    p = subparsers.add_parser(
-        "export",
-        help="re-export a saved torch model folder: ONNX (parity-checked), card, manifest",
-        description="Re-export a saved torch model folder (config.json + model.safetensors): writes model.onnx "
-                    "after an ONNX-vs-PyTorch parity check, rebuilds the card and manifest.json.",
-    )
-    p.add_argument("model", metavar="MODEL_FOLDER", help="folder with config.json + model.safetensors")
-    p.add_argument("--output", "-o", default=None, help="destination folder (default: rewrite MODEL_FOLDER)")
-    p.add_argument("--eval", default=None, help="evaluation JSON (training/evaluate.py) to render the card from")
-    p.add_argument("--name", default=None, help="model name in the card (default: the output folder's name)")
-    p.set_defaults(func=_export)

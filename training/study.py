@@ -173,11 +173,11 @@ def run_study(cfg: StudyConfig) -> dict:
                 if (target, n, s, f"transfer/{init_name}/finetune") in done:
                     continue
                 fcfg = cfg.finetune.model_copy(update={
-                    "target": target, "init": init, "encoder": encoders["dim"].config, "n_labels": n,
+                    "targets": (target,), "init": init, "encoder": encoders["dim"].config, "n_labels": n,
                     "seed": s, "data": cfg.data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
                 folder = finetune(fcfg, corpus=corpus, loggers=False)
                 model = SiteNetRegressor.from_pretrained(str(folder))
-                pred = predict(model, corpus, tests[target], cfg.data)
+                pred = predict(model, corpus, tests[target], cfg.data, target)
                 _record(result, target, n, s, f"transfer/{init_name}/finetune",
                         metrics(target, labels[target][tests[target]], pred))
                 _write(result, output, start)

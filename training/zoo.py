@@ -1,11 +1,14 @@
-"""The bundled model zoo: the DIM encoder and its two fine-tuned regressors, assembled into ``zoo/``.
+"""The bundled model zoo: the DIM encoder and the regressors fine-tuned from it, assembled into ``zoo/``.
 
 ``build_zoo`` publishes each model folder (``training/publish.py``), writes its generated card to both
 ``zoo/<name>/README.md`` and ``model_cards/<name>.md``, lists everything in ``zoo/registry.json`` and pins
 each model's outputs on three real crystals in ``tests/data/zoo_expected.json`` (the zoo regression test).
 
     python -m training.zoo --random          # seeded, untrained placeholders (clearly marked)
-    python -m training.zoo --eval-band-gap EVAL.json --eval-formation-energy EVAL.json   # the trained runs
+    python -m training.zoo --encoder RUN/encoder --model RUN --eval EVAL.json ...   # the trained runs
+
+A regressor is named for what it predicts (``zoo_name``); every target of it needs an evaluation JSON
+(``sitenet evaluate``), matched to it by the JSON's ``model`` folder.
 """
 
 from __future__ import annotations
@@ -35,88 +38,108 @@ from training.publish import Model, load_model, publish, sitenet_version
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
 EXPECTED_PATH = REPO_ROOT / "tests" / "data" / "zoo_expected.json"
+BASELINE_PATH = REPO_ROOT / "benchmarks" / "results" / "magpie_baseline.json"
 REGISTRY_NAME = "registry.json"
 ENCODER_NAME = "sitenet-dim-mp2018"
-#: Zoo folder (= Hub repo) name of each model; None is the encoder.
-NAMES: dict[str | None, str] = {
-    None: ENCODER_NAME,
-    "band_gap": "sitenet-dim-mp2018-band-gap",
-    "formation_energy": "sitenet-dim-mp2018-formation-energy",
-}
-#: The trained runs ``python -m training.zoo`` assembles by default.
-DEFAULT_RUNS: dict[str | None, str] = {
-    None: "runs/dim-mp2018/encoder",
-    "band_gap": "runs/finetune-band-gap",
-    "formation_energy": "runs/finetune-formation-energy",
-}
+#: The trained runs ``python -m training.zoo`` assembles by default: the encoder, then the regressors.
+DEFAULT_ENCODER = "runs/dim-mp2018-epoch12"
+DEFAULT_REGRESSORS: tuple[str, ...] = ("runs/finetune-band-gap-v2", "runs/finetune-formation-energy-v2")
+#: The targets of each regressor the zoo ships (the random placeholders have the same layout).
+LAYOUT: tuple[tuple[str, ...], ...] = (("band_gap",), ("formation_energy",))
+
+
+def zoo_name(targets: Sequence[str] = ()) -> str:
+    """Zoo folder (= Hub repo) name: the encoder's, or ``<encoder>-<target>[-<target>...]`` for a regressor."""
+    return "-".join([ENCODER_NAME, *(t.replace("_", "-") for t in targets)])
+
+
 #: Three real crystals of data/mp2018-sample for the pinned-output test: 1, 2 and 16 sites.
 PINNED_IDS: tuple[str, ...] = ("mp-1", "mp-1009127", "mp-11582")
 
 
 @dataclass(frozen=True)
 class ZooModel:
-    """One model to publish: where it comes from and how it was evaluated."""
+    """One model to publish: where it comes from and how it was evaluated (a regressor: once per target)."""
 
     name: str
     model: Model
     trained: bool
-    evaluation: EvalReport | None = None
-    eval_path: Path | None = None
+    evaluations: tuple[EvalReport, ...] = ()
+    eval_paths: tuple[Path, ...] = ()
     source: str | None = None
     training: dict[str, Any] | None = None  # shipped as training.json: resolved run config and split counts
 
     @property
-    def target(self) -> str | None:
-        return None if isinstance(self.model, SiteNetEncoder) else self.model.config.target
+    def targets(self) -> tuple[str, ...]:
+        """What the model predicts; () for the encoder."""
+        return () if isinstance(self.model, SiteNetEncoder) else self.model.config.targets
+
+    def plots(self) -> dict[str, tuple[str, Path]]:
+        """target -> (file name in the model folder, source file) of each evaluated target's parity plot."""
+        out = {}
+        for report, path in zip(self.evaluations, self.eval_paths):
+            plot = report.plot_path(path)
+            if plot is not None:
+                out[report.target] = (f"parity-{report.target.replace('_', '-')}.png", plot)
+        return out
 
 
 def random_models(seed: int = 0) -> list[ZooModel]:
-    """Seeded random-init placeholders: the DIM encoder (method.md C.2/C.4) and one regressor per target
-    built on it with ``from_encoder``."""
+    """Seeded random-init placeholders: the DIM encoder (method.md C.2/C.4) and the regressors of
+    :data:`LAYOUT` built on it with ``from_encoder``."""
     torch.manual_seed(seed)
     encoder = SiteNetEncoder(dim_config()).eval()
-    models = [ZooModel(NAMES[None], encoder, trained=False)]
-    for target in ("band_gap", "formation_energy"):
+    models = [ZooModel(zoo_name(), encoder, trained=False)]
+    for targets in LAYOUT:
         torch.manual_seed(seed + 1 + len(models))
-        head = SiteNetRegressor.from_encoder(encoder, RegressorConfig(encoder=encoder.config, target=target))
-        models.append(ZooModel(NAMES[target], head.eval(), trained=False))
+        head = SiteNetRegressor.from_encoder(encoder, RegressorConfig(encoder=encoder.config, targets=targets))
+        models.append(ZooModel(zoo_name(targets), head.eval(), trained=False))
     return models
 
 
-def trained_models(folders: dict[str | None, Path], evals: dict[str, Path]) -> list[ZooModel]:
-    """The trained runs: an encoder folder and one regressor folder per target (``save_pretrained``
-    folders), with each regressor's evaluation JSON.
+def trained_models(encoder: Path, regressors: Sequence[Path], evals: Sequence[Path]) -> list[ZooModel]:
+    """The trained runs: an encoder folder and regressor folders (``save_pretrained`` folders), with an
+    evaluation JSON for every target of every regressor.
 
     Raises:
-        ValueError: a folder holds the wrong kind of model or target, or an evaluation JSON is missing.
+        ValueError: a folder holds the wrong kind of model, an evaluation is missing, or one belongs to no
+            model given.
     """
+    reports = [(read_eval(path), Path(path)) for path in evals]
+    unused = set(range(len(reports)))
     models = []
-    for target, folder in folders.items():
+    for k, folder in enumerate([encoder, *regressors]):
         model = load_model(folder)
-        got = None if isinstance(model, SiteNetEncoder) else model.config.target
-        if got != target:
-            raise ValueError(f"{folder} holds a {got or 'encoder'} model, expected {target or 'encoder'}")
-        training = run_record(Path(folder), encoder=target is None)
-        report, path = None, None
-        if target is not None:
-            if target not in evals:
-                raise ValueError(f"no evaluation JSON for {target}: pass --eval-{target.replace('_', '-')}")
-            path = Path(evals[target])
-            report = read_eval(path, splits=(training or {}).get("splits"))
-            if report.target != target:
-                raise ValueError(f"{path} evaluates {report.target}, expected {target}")
-        models.append(ZooModel(NAMES[target], model, trained=True, evaluation=report, eval_path=path,
-                               source=_display(folder), training=training))
+        is_encoder, want_encoder = isinstance(model, SiteNetEncoder), k == 0
+        if is_encoder != want_encoder:
+            kind = {True: "an encoder", False: "a regressor"}
+            raise ValueError(f"{folder} holds {kind[is_encoder]}, expected {kind[want_encoder]}")
+        training = run_record(Path(folder), encoder=is_encoder)
+        mine: list[tuple[EvalReport, Path]] = []
+        for target in () if isinstance(model, SiteNetEncoder) else model.config.targets:
+            found = [k for k, (r, _) in enumerate(reports) if r.target == target and r.model is not None
+                     and Path(r.model).resolve() == Path(folder).resolve()]
+            if not found:
+                raise ValueError(f"no evaluation JSON for {target} of {folder}: pass --eval with the output of "
+                                 f"`sitenet evaluate {folder}`")
+            unused.discard(found[0])
+            path = reports[found[0]][1]
+            mine.append((read_eval(path, splits=(training or {}).get("splits")), path))
+        targets = () if isinstance(model, SiteNetEncoder) else model.config.targets
+        models.append(ZooModel(zoo_name(targets), model, trained=True, evaluations=tuple(r for r, _ in mine),
+                               eval_paths=tuple(p for _, p in mine), source=_display(folder), training=training))
+    if unused:
+        raise ValueError(f"evaluation JSON(s) {[str(reports[k][1]) for k in sorted(unused)]} belong to no model given")
     return models
 
 
 def run_record(folder: Path, *, encoder: bool) -> dict[str, Any] | None:
-    """What a training run recorded beside the model: a fine-tune's ``<folder>/training.json``, or for a
-    DIM encoder (``<run>/encoder``) the run's resolved ``config.json`` and the ``splits`` of ``history.json``.
-    None when the run left nothing."""
-    if not encoder:
-        path = folder / "training.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """What a training run recorded beside the model: ``<folder>/training.json`` (a fine-tune, or a snapshot of
+    a DIM run), else for a DIM encoder (``<run>/encoder``) the run's resolved ``config.json`` and the ``splits``
+    of ``history.json``. None when the run left nothing."""
+    own = folder / "training.json"  # a fine-tune's record, or a snapshot of a DIM run that carries its own
+    if own.is_file() or not encoder:
+        return json.loads(own.read_text(encoding="utf-8")) if own.is_file() else None
     config, history = folder.parent / "config.json", folder.parent / "history.json"
     if not config.is_file():
         return None
@@ -146,18 +169,19 @@ def registry_entry(item: ZooModel, folder: Path, *, org: str = ORG) -> dict[str,
         rel = path.relative_to(folder)
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
             files[rel.as_posix()] = _file_entry(path)
-    target = item.target
+    targets = item.targets
+    first = item.evaluations[0] if item.evaluations else None
     return {
         "name": item.name,
         "repo_id": f"{org}/{item.name}",
-        "kind": "encoder" if target is None else "regressor",
-        "target": target,
-        "units": None if target is None else UNITS[target],
-        "outputs": list(item.model.config.outputs) if target else ["embedding", "sites"],
+        "kind": "regressor" if targets else "encoder",
+        "targets": list(targets),
+        "units": {t: UNITS[t] for t in targets},
+        "outputs": list(item.model.config.outputs) if targets else ["embedding", "sites"],
         "trained": item.trained,
-        "metrics": dict(item.evaluation.metrics) if item.evaluation else {},
-        "data": ({"dataset": item.evaluation.dataset, "split": item.evaluation.split, "n_train": item.evaluation.n_train,
-                  "n_val": item.evaluation.n_val, "n_test": item.evaluation.n_test} if item.evaluation else None),
+        "metrics": {r.target: dict(r.metrics) for r in item.evaluations},
+        "data": ({"dataset": first.dataset, "split": first.split, "n_train": first.n_train, "n_val": first.n_val,
+                  "n_test": first.n_test} if first else None),
         "parameters": sum(p.numel() for p in item.model.parameters()),
         "files": files,
         "size": sum(f["size"] for f in files.values()),
@@ -192,6 +216,7 @@ def build_zoo(
     expected_path: Path | None = EXPECTED_PATH,
     build_command: str,
     org: str = ORG,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish the zoo: one folder per model, their cards, ``registry.json`` and the pinned outputs.
 
@@ -202,6 +227,7 @@ def build_zoo(
         expected_path: Where the pinned outputs go (``tests/data/zoo_expected.json``); None skips them.
         build_command: The command that runs this build, quoted in every card.
         org: Hub organisation of the repo ids.
+        baseline: ``sitenet baseline``'s JSON (the composition baseline), shown in the cards; None: none.
 
     Returns:
         The registry that was written.
@@ -209,26 +235,27 @@ def build_zoo(
     output, cards_dir = Path(output), Path(cards_dir)
     output.mkdir(parents=True, exist_ok=True)
     cards_dir.mkdir(parents=True, exist_ok=True)
-    downstream = {m.name: m.evaluation for m in models if m.evaluation is not None}
+    downstream = [(m.name, r) for m in models for r in m.evaluations]
     entries, expected = [], {}
     for item in models:
-        plot = item.evaluation.plot_path(item.eval_path) if item.evaluation and item.eval_path else None
+        plots = item.plots()
         card = render_card(
             item.name,
             item.model.config,
-            evals=[item.evaluation] if item.evaluation else [],
-            downstream=downstream if item.target is None else None,
+            evals=item.evaluations,
+            downstream=downstream if not item.targets else None,
             trained=item.trained,
-            plot="parity.png" if plot is not None else None,
+            plots={target: name for target, (name, _) in plots.items()},
             build_command=build_command,
             org=org,
-            encoder_name=NAMES[None] if item.target is not None else None,
+            encoder_name=ENCODER_NAME if item.targets else None,
             training=item.training,
+            baseline=baseline,
         )
         facts = {"name": item.name, "repo_id": f"{org}/{item.name}", "source": item.source,
                  "build_command": build_command}
         with tempfile.TemporaryDirectory() as scratch:
-            extra = {"parity.png": plot} if plot is not None else {}
+            extra = {name: source for name, source in plots.values()}
             if item.training is not None:
                 extra["training.json"] = Path(scratch) / "training.json"
                 extra["training.json"].write_text(json.dumps(item.training, indent=2, sort_keys=True) + "\n",
@@ -255,15 +282,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.zoo", description=__doc__.splitlines()[0])
     p.add_argument("--random", action="store_true", help="seeded random-init placeholders (marked untrained)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random placeholders")
-    p.add_argument("--encoder", default=DEFAULT_RUNS[None], help="DIM encoder folder (save_pretrained)")
-    p.add_argument("--band-gap", default=DEFAULT_RUNS["band_gap"], help="band-gap regressor folder")
-    p.add_argument("--formation-energy", default=DEFAULT_RUNS["formation_energy"], help="formation-energy regressor folder")
-    p.add_argument("--eval-band-gap", default=None, help="evaluation JSON of the band-gap regressor")
-    p.add_argument("--eval-formation-energy", default=None, help="evaluation JSON of the formation-energy regressor")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="DIM encoder folder (save_pretrained)")
+    p.add_argument("--model", action="append", default=None,
+                   help=f"regressor folder, repeatable (default: {' '.join(DEFAULT_REGRESSORS)})")
+    p.add_argument("--eval", action="append", default=[], help="evaluation JSON (sitenet evaluate), repeatable: "
+                   "one per target of each regressor")
     p.add_argument("--output", default=None, help="zoo folder (default: the repo's zoo/)")
     p.add_argument("--cards", default=None, help="model card folder (default: the repo's model_cards/)")
     p.add_argument("--expected", default=None, help="pinned outputs JSON (default: tests/data/zoo_expected.json)")
+    p.add_argument("--baseline", default=str(BASELINE_PATH), help="`sitenet baseline` JSON shown in the cards "
+                   "(default: benchmarks/results/magpie_baseline.json; ignored when missing)")
     return p
+
+
+def _read_baseline(path: str | None) -> dict[str, Any] | None:
+    return json.loads(Path(path).read_text(encoding="utf-8")) if path and Path(path).is_file() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,20 +306,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = random_models(args.seed)
         command = f"python -m training.zoo --random --seed {args.seed}"
     else:
-        folders = {None: Path(args.encoder), "band_gap": Path(args.band_gap),
-                   "formation_energy": Path(args.formation_energy)}
-        evals = {k: Path(v) for k, v in (("band_gap", args.eval_band_gap),
-                                         ("formation_energy", args.eval_formation_energy)) if v}
-        models = trained_models(folders, evals)
-        parts = ["python", "-m", "training.zoo", "--encoder", _display(folders[None]), "--band-gap",
-                 _display(folders["band_gap"]), "--formation-energy", _display(folders["formation_energy"])]
-        for key, path in evals.items():
-            parts += [f"--eval-{key.replace('_', '-')}", _display(path)]
+        regressors = [Path(m) for m in args.model or DEFAULT_REGRESSORS]
+        models = trained_models(Path(args.encoder), regressors, [Path(e) for e in args.eval])
+        parts = ["python", "-m", "training.zoo", "--encoder", _display(Path(args.encoder))]
+        for folder in regressors:
+            parts += ["--model", _display(folder)]
+        for path in args.eval:
+            parts += ["--eval", _display(Path(path))]
         command = " ".join(shlex.quote(p) for p in parts)
     registry = build_zoo(models, output=Path(args.output) if args.output else ZOO_DIR,
                          cards_dir=Path(args.cards) if args.cards else MODEL_CARDS_DIR,
                          expected_path=Path(args.expected) if args.expected else EXPECTED_PATH,
-                         build_command=command)
+                         build_command=command, baseline=_read_baseline(None if args.random else args.baseline))
     print(json.dumps({m["name"]: {"trained": m["trained"], "size": m["size"]} for m in registry["models"]}, indent=2))
     return 0
 

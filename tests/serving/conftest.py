@@ -57,3 +57,89 @@ def _restore(saved: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# --- a real `bentoml serve` ---------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+#: The live server's limits: the default overload bounds (so concurrent clients are not shed), and short time
+#: limits so that the tests of them take seconds.
+LIVE_ENV = {"SITENET_BATCHING": "inline", "SITENET_WORKERS": "2", "SITENET_MAX_CONCURRENCY": "",
+            "SITENET_MAX_QUEUE": "", "SITENET_QUEUE_TIMEOUT_S": "0.5", "SITENET_TIMEOUT_S": "2"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """``bentoml serve`` from the repository root in its own process group, its output in ``log``."""
+
+    def __init__(self, env: dict[str, str], home: Path) -> None:
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / "serve.log"
+        env = {**os.environ, **env, "BENTOML_HOME": str(home / "bentoml")}
+        for name in [k for k, v in env.items() if k.startswith("SITENET_") and v == ""]:
+            del env[name]  # "" in LIVE_ENV: the setting's default
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until /readyz says 200; each poll has its own short timeout (it hangs while models load)."""
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.output()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.url} not ready after {timeout} s:\n{self.output()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server_class() -> type[LiveServer]:
+    """For tests that start a server of their own (test modules cannot import this conftest by name)."""
+    return LiveServer
+
+
+@pytest.fixture(scope="session")
+def live_server(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real inline server (2 HTTP workers) shared by every test that needs HTTP for real."""
+    server = LiveServer({**service_env, **LIVE_ENV}, tmp_path_factory.mktemp("live"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output(), server.output()[-3000:]

@@ -6,11 +6,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,56 +24,40 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {server.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
+def _check_predictions(url: str, batching: str) -> None:
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        r = http.post("/predict", files={"cif": (NACL.name, NACL.read_bytes())})
+        assert r.status_code == 200, r.text
+        assert r.json()["formula"] == "NaCl" and r.json()["formation_energy"] is not None
+        r = http.post("/predict_batch", json={"cifs": [NACL.read_text(), "junk\n"],
+                                              "options": {"return_embedding": True}})
+        assert r.status_code == 200
+        ok, bad = r.json()["results"]
+        assert len(ok["prediction"]["embedding"]) == 64 and bad["error"]["code"] == "cif_parse_error"
+        bad_cif = http.post("/predict", files={"cif": ("x.cif", b"data_x\n")})
+        assert bad_cif.status_code == 422 and bad_cif.json()["code"] == "cif_parse_error"
+        info = http.post("/info").json()
+        assert all(m["providers"] == ["CPUExecutionProvider"] for m in info["models"].values())
+        assert info["placement"]["batching"] == batching
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batching", ["adaptive", "inline"])
-def test_bentoml_serve_predicts_a_real_cif(service_env: dict[str, str], tmp_path: Path, batching: str) -> None:
-    """Both model placements: a separate adaptively batched model worker, and models in the HTTP worker."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "serve.log").open("w")
-    env = {**os.environ, **service_env, "BENTOML_HOME": str(tmp_path / "bentoml"), "SITENET_BATCHING": batching}
-    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def test_bentoml_serve_predicts_a_real_cif_inline(live_server) -> None:
+    """Models in the HTTP worker (the default): the shared live server."""
+    _check_predictions(live_server.url, "inline")
+
+
+@pytest.mark.slow
+def test_bentoml_serve_predicts_a_real_cif_adaptive(service_env: dict[str, str], tmp_path: Path,
+                                                   live_server_class: type) -> None:
+    """A separate adaptively batched model worker."""
+    server = live_server_class({**service_env, "SITENET_BATCHING": "adaptive"}, tmp_path)
     try:
-        _wait_ready(url, server)
-        with httpx.Client(base_url=url, timeout=30.0) as http:
-            r = http.post("/predict", files={"cif": (NACL.name, NACL.read_bytes())})
-            assert r.status_code == 200, r.text
-            assert r.json()["formula"] == "NaCl" and r.json()["formation_energy"] is not None
-            r = http.post("/predict_batch", json={"cifs": [NACL.read_text(), "junk\n"],
-                                                  "options": {"return_embedding": True}})
-            assert r.status_code == 200
-            ok, bad = r.json()["results"]
-            assert len(ok["prediction"]["embedding"]) == 64 and bad["error"]["code"] == "cif_parse_error"
-            bad_cif = http.post("/predict", files={"cif": ("x.cif", b"data_x\n")})
-            assert bad_cif.status_code == 422 and bad_cif.json()["code"] == "cif_parse_error"
-            info = http.post("/info").json()
-            assert all(m["providers"] == ["CPUExecutionProvider"] for m in info["models"].values())
-            assert info["placement"]["batching"] == batching
+        server.wait_ready()
+        _check_predictions(server.url, "adaptive")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log.close()
-    text = (tmp_path / "serve.log").read_text()
-    assert "Traceback" not in text, text[-3000:]
+        server.stop()
+    assert "Traceback" not in server.output(), server.output()[-3000:]
 
 
 @pytest.mark.slow

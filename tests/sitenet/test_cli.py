@@ -45,3 +45,49 @@ def test_featurize_a_user_table(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["featurised"] == 5 and summary["rejected"] == 1 and summary["rejected_by_code"] == {"cif_parse_error": 1}
+
+
+def test_help_and_predict_never_import_torch():
+    probe = ("import sys\nfrom sitenet.cli import build_parser\nbuild_parser().format_help()\n"
+             "assert 'torch' not in sys.modules, 'help imported torch'\n"
+             "from sitenet.cli import main\n"
+             "main(['predict', 'examples/Si_mp-149.cif', '-o', '-', '--providers', 'cpu'])\n"
+             "assert 'torch' not in sys.modules, 'predict imported torch'\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["formula"] == "Si"
+
+
+def test_predict_folders_zips_and_tables_with_model_and_targets(tmp_path):
+    import zipfile
+
+    examples = sorted((REPO / "examples").glob("*.cif"))
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for path in examples[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "notes.txt").write_text("not a CIF: skipped")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(examples[2], arcname=f"inner/{examples[2].name}")
+    table = tmp_path / "table.csv"
+    with table.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["material_id", "cif"])
+        writer.writerow(["mine-1", examples[3].read_text()])
+    out = tmp_path / "p.csv"
+    result = _run("predict", str(folder), str(archive), str(table), str(tmp_path / "missing.cif"),
+                  "--model", "sitenet-dim-mp2018-band-gap", "--targets", "band_gap", "-o", str(out),
+                  "--providers", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [r["source"] for r in rows] == [str(folder / examples[0].name), str(folder / examples[1].name),
+                                           f"{archive}:inner/{examples[2].name}", f"{table}:mine-1",
+                                           str(tmp_path / "missing.cif")]
+    assert list(rows[0])[:6] == ["index", "source", "formula", "n_sites", "band_gap", "metal_probability"]
+    assert all(r["band_gap"] != "" for r in rows[:4]) and rows[4]["code"] == "cif_parse_error"
+    assert "rejected" in result.stderr and "missing.cif" in result.stderr
+    refused = _run("predict", str(examples[0]), "--model", "sitenet-dim-mp2018-band-gap", "--targets",
+                   "formation_energy", "--providers", "cpu")
+    assert refused.returncode == 2 and "no model loaded for ['formation_energy']" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -15,7 +15,8 @@ from sitenet.errors import FeatureSpecMismatchError, ModelLoadError, SiteNetErro
 from sitenet.features import featurize
 from sitenet.predict import Prediction, Predictor, Rejection, size_batches
 from sitenet.structure import read_structure
-from tiny_zoo import BAND_GAP, ENCODER, FORMATION_ENERGY, tiny_encoder_config, tiny_zoo, write_model  # noqa: F401
+from tiny_zoo import (BAND_GAP, ENCODER, FORMATION_ENERGY, MULTITASK, tiny_encoder_config, tiny_zoo,  # noqa: F401
+                      write_model)
 
 REPO = Path(__file__).resolve().parents[2]
 BAD = sorted(p for p in (REPO / "tests" / "data" / "bad_cifs").glob("*__*") if p.suffix in (".cif", ".bin"))
@@ -50,6 +51,34 @@ def test_predictions_equal_a_plain_onnx_run_on_the_cores_features(predictor: Pre
         assert r.formation_energy == pytest.approx(float(expected["formation_energy"]["formation_energy"][k]), abs=1e-5)
         np.testing.assert_allclose(r.embedding, expected["encoder"]["embedding"][k], atol=1e-5)
         assert set(r.models) == {"encoder", "band_gap", "formation_energy"}
+
+
+def test_one_multitask_model_serves_both_targets_in_one_run_per_batch(tiny_zoo: Path, sample_frame) -> None:
+    import onnxruntime
+
+    multi = Predictor.from_pretrained(None, tiny_zoo / MULTITASK, tiny_zoo / MULTITASK, providers="cpu", threads=1)
+    assert multi.models["band_gap"] is multi.models["formation_energy"] and multi.targets == ("band_gap",
+                                                                                              "formation_energy")
+    model, runs = multi.models["band_gap"], []
+    real_run = model.run
+    model.run = lambda batch, outputs=None: runs.append(list(outputs)) or real_run(batch, outputs)  # count runs
+    cifs = list(sample_frame.cif.iloc[:12])
+    results = multi.predict(cifs)
+    assert runs and all(names == ["band_gap", "metal_probability", "formation_energy"] for names in runs)
+    assert len(runs) == len(size_batches([(f.n_primitive, f.n_sites) for f in
+                                          (featurize(read_structure(c), spec=multi.spec) for c in cifs)]))
+    session = onnxruntime.InferenceSession(str(tiny_zoo / MULTITASK / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = collate([featurize(read_structure(c), spec=multi.spec) for c in cifs], multi.spec)
+    want = dict(zip([o.name for o in session.get_outputs()],
+                    session.run(None, {i.name: batch.inputs()[i.name] for i in session.get_inputs()})))
+    for k, r in enumerate(results):
+        assert r.band_gap == pytest.approx(float(want["band_gap"][k]), abs=1e-5)
+        assert r.formation_energy == pytest.approx(float(want["formation_energy"][k]), abs=1e-5)
+        assert r.models == {"band_gap": f"{MULTITASK}@{model.version}", "formation_energy": f"{MULTITASK}@{model.version}"}
+    gap_only = multi.predict(cifs[:2], targets=["band_gap"])
+    assert gap_only[0].formation_energy is None and gap_only[0].band_gap == pytest.approx(results[0].band_gap, abs=1e-5)
+    with pytest.raises(ModelLoadError, match=r"predicts \['band_gap'\], but was given as the formation_energy"):
+        Predictor.from_pretrained(None, None, tiny_zoo / BAND_GAP, providers="cpu")
 
 
 def _role(name: str) -> str:

@@ -27,7 +27,7 @@ from sitenet.features import FeatureSpec, featurize
 from sitenet.model import SiteNetEncoder, SiteNetRegressor, to_tensors
 from training import publish as publish_module
 from training.export import PARITY_ATOL, export_onnx, output_names, parity
-from training.publish import load_model, parity_batches, publish
+from training.publish import export_folder, load_model, parity_batches, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_ID = "acme/sitenet-tiny-eform"
@@ -206,7 +206,8 @@ def test_publish_refuses_bad_destinations_and_extra_files(models: dict, tmp_path
     (run / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
     (run / "metrics.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="checkpoints/last.ckpt, metrics.json"):
-        sitenet_main(["export", str(run)])  # in place would delete the run's checkpoints: refused
+        export_folder(run)  # in place would delete the run's checkpoints: refused
+    assert sitenet_main(["export", str(run)]) == 2  # the command says why, without a traceback
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"ckpt"
     stray = tmp_path / "x.pkl"
     stray.write_bytes(b"pickle")
@@ -232,9 +233,9 @@ def test_sitenet_export_rebuilds_a_saved_torch_folder(models: dict, tmp_path: Pa
                          str(tmp_path / "eval.json"), "--name", "tiny-band-gap"]) == 0
     out = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["folder"])
     hub.verify_folder(out)
-    assert {p.name for p in out.iterdir()} == FOLDER_FILES | {"parity.png"}
+    assert {p.name for p in out.iterdir()} == FOLDER_FILES | {"parity-band-gap.png"}
     card = (out / "README.md").read_text()
-    assert "0.5100 eV" in card and "84.00 %" in card and "](parity.png)" in card
+    assert "0.5100 eV" in card and "84.00 %" in card and "](parity-band-gap.png)" in card
     assert "python -m training.evaluate runs/finetune-band-gap" in card
     np.testing.assert_allclose(run_onnx(out / "model.onnx", real_batches["several"])["band_gap"],
                                run_torch(models["band_gap"], real_batches["several"])["band_gap"], atol=1e-4)
@@ -243,13 +244,14 @@ def test_sitenet_export_rebuilds_a_saved_torch_folder(models: dict, tmp_path: Pa
     (out / "model.onnx").unlink()
     assert sitenet_main(["export", str(out)]) == 0
     hub.verify_folder(out)
-    assert (out / "README.md").read_text() == card and (out / "parity.png").read_bytes() == b"\x89PNG fake"
+    assert (out / "README.md").read_text() == card and (out / "parity-band-gap.png").read_bytes() == b"\x89PNG fake"
     assert isinstance(load_model(out), SiteNetRegressor)
 
 
-def test_sitenet_export_rejects_a_folder_without_weights(tmp_path: Path) -> None:
+def test_sitenet_export_rejects_a_folder_without_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ModelLoadError, match="model.safetensors"):
-        sitenet_main(["export", str(tmp_path)])
+        export_folder(tmp_path)
+    assert sitenet_main(["export", str(tmp_path)]) == 2 and "model.safetensors" in capsys.readouterr().err
 
 
 # --- end to end: publish -> sitenet push -> sitenet pull -> offline load in a fresh process --------------

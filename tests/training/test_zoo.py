@@ -25,7 +25,8 @@ ZOO = hub.ZOO_DIR
 CARDS = REPO_ROOT / "model_cards"
 EXPECTED = json.loads((REPO_ROOT / "tests" / "data" / "zoo_expected.json").read_text())
 REGISTRY = json.loads((ZOO / "registry.json").read_text())
-NAMES = list(zoo.NAMES.values())
+NAMES = [zoo.zoo_name(), *(zoo.zoo_name(targets) for targets in zoo.LAYOUT)]
+UNITS = {"band_gap": "eV", "formation_energy": "eV/atom"}
 
 BAND_GAP_EVAL = {"target": "band_gap", "split": "test", "dataset": "mp2018", "n_train": 300, "n_val": 20, "n_test": 80,
                  "metrics": {"mae": 0.5123, "mae_nonmetal": 0.7345, "metal_accuracy": 0.8421, "rmse": 0.9},
@@ -39,13 +40,13 @@ def sha256(path: Path) -> str:
 
 
 # --- the bundled zoo -------------------------------------------------------------------------------------
-def test_zoo_holds_the_three_models_and_the_registry_lists_them() -> None:
+def test_zoo_holds_the_encoder_and_its_regressors_and_the_registry_lists_them() -> None:
     assert sorted(p.name for p in ZOO.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(NAMES)
     assert [m["name"] for m in REGISTRY["models"]] == NAMES
-    kinds = {m["name"]: (m["kind"], m["target"], m["units"]) for m in REGISTRY["models"]}
-    assert kinds == {"sitenet-dim-mp2018": ("encoder", None, None),
-                     "sitenet-dim-mp2018-band-gap": ("regressor", "band_gap", "eV"),
-                     "sitenet-dim-mp2018-formation-energy": ("regressor", "formation_energy", "eV/atom")}
+    kinds = {m["name"]: (m["kind"], tuple(m["targets"]), m["units"]) for m in REGISTRY["models"]}
+    assert kinds[zoo.ENCODER_NAME] == ("encoder", (), {})
+    for targets in zoo.LAYOUT:
+        assert kinds[zoo.zoo_name(targets)] == ("regressor", targets, {t: UNITS[t] for t in targets})
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -65,7 +66,9 @@ def test_bundled_folder_verifies_and_matches_registry_and_card(name: str) -> Non
     card = (folder / "README.md").read_text()
     assert ("UNTRAINED PLACEHOLDER" in card) is (not entry["trained"])
     if entry["trained"] and entry["kind"] == "regressor":
-        assert entry["metrics"]["mae"] > 0 and f"{entry['metrics']['mae']:.4f}" in card
+        assert set(entry["metrics"]) == set(entry["targets"])
+        for metrics in entry["metrics"].values():
+            assert metrics["mae"] > 0 and f"{metrics['mae']:.4f}" in card
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -122,7 +125,7 @@ def read_eval_dict(report: dict[str, Any]) -> EvalReport:
 def test_card_front_matter_has_one_model_index_entry_per_target() -> None:
     from huggingface_hub import ModelCard, ModelCardData
 
-    gap = ModelCard(_card("band_gap", BAND_GAP_EVAL, plot="parity.png", encoder_name="sitenet-dim-mp2018"))
+    gap = ModelCard(_card("band_gap", BAND_GAP_EVAL, plots={"band_gap": "parity.png"}, encoder_name="sitenet-dim-mp2018"))
     eform = ModelCard(_card("formation_energy", EFORM_EVAL))
     assert gap.data.license == "mit" and gap.data.pipeline_tag == "tabular-regression"
     assert gap.data.library_name == "sitenet" and gap.data.datasets and "accuracy" in gap.data.metrics
@@ -139,7 +142,7 @@ def test_card_front_matter_has_one_model_index_entry_per_target() -> None:
 
 
 def test_card_body_says_data_licence_sizes_metrics_limits_and_commands() -> None:
-    card = _card("band_gap", BAND_GAP_EVAL, plot="parity.png")
+    card = _card("band_gap", BAND_GAP_EVAL, plots={"band_gap": "parity.png"})
     for needle in ["CC BY 4.0", "Jain et al.", "MT-CGCNN", "CrysXPP", "MEGNet", "| 300 / 20 / 80 |",
                    "0.5123 eV", "0.7345 eV", "84.21 %", "![Parity plot", "](parity.png)", "Ordered structures only",
                    "Z = 1 to 94", "at most 50 atoms", "more than 500 sites", "~2018", "from_encoder",
@@ -147,7 +150,7 @@ def test_card_body_says_data_licence_sizes_metrics_limits_and_commands() -> None
                    BAND_GAP_EVAL["command"], "python -m training.zoo"]:
         assert needle in card, needle
     assert "UNTRAINED" not in card
-    assert card == _card("band_gap", BAND_GAP_EVAL, plot="parity.png"), "deterministic"
+    assert card == _card("band_gap", BAND_GAP_EVAL, plots={"band_gap": "parity.png"}), "deterministic"
 
 
 def test_card_refuses_missing_or_mismatched_evaluations() -> None:
@@ -181,7 +184,9 @@ def test_read_eval_takes_the_evaluate_output_as_written(tmp_path: Path) -> None:
     assert read_eval(stem.with_suffix(".json"), splits={"train": 5, "val": 1}).n_train == 5
 
 
-def test_build_zoo_from_trained_runs(tmp_path: Path) -> None:
+def _runs(tmp_path: Path, layout: tuple[tuple[str, ...], ...]) -> tuple[Path, list[str], list[str]]:
+    """A fake DIM run and one fine-tuned run per entry of ``layout`` with an evaluation per target:
+    (runs folder, --model arguments, --eval arguments)."""
     torch.manual_seed(3)
     runs = tmp_path / "runs"
     encoder = SiteNetEncoder(SiteNetConfig())
@@ -189,34 +194,47 @@ def test_build_zoo_from_trained_runs(tmp_path: Path) -> None:
     (runs / "dim" / "config.json").write_text(json.dumps({"encoder": {}, "negatives": "domain-aware"}))
     (runs / "dim" / "history.json").write_text(json.dumps({"splits": {"train": 900, "val": 50, "test": 80},
                                                            "best_checkpoint": "/abs/x.ckpt", "epochs": []}))
-    for target, report in (("band_gap", BAND_GAP_EVAL), ("formation_energy", EFORM_EVAL)):
-        model = SiteNetRegressor.from_encoder(encoder, RegressorConfig(encoder=encoder.config, target=target))
-        model.save_pretrained(runs / target)
-        (runs / target / "training.json").write_text(json.dumps({"config": {"target": target},
-                                                                 "splits": {"train": 300, "val": 20, "test": 80}}))
-        (runs / f"{target}-eval.png").write_bytes(b"\x89PNG " + target.encode())
-        written = {"model": str(runs / target), "target": target, "unit": "eV", "split": "held-out (labels_agree)",
-                   "metrics": {**report["metrics"], "count": 80}}
-        (runs / f"{target}-eval.json").write_text(json.dumps(written))
-    args = ["--encoder", str(runs / "dim" / "encoder"), "--band-gap", str(runs / "band_gap"),
-            "--formation-energy", str(runs / "formation_energy"), "--output", str(tmp_path / "zoo"),
+    models, evals = [], []
+    for targets in layout:
+        run = runs / "-".join(targets)
+        model = SiteNetRegressor.from_encoder(encoder, RegressorConfig(encoder=encoder.config, targets=targets))
+        model.save_pretrained(run)
+        (run / "training.json").write_text(json.dumps({"config": {"targets": list(targets)},
+                                                       "splits": {"train": 300, "val": 20, "test": 80}}))
+        models += ["--model", str(run)]
+        for target in targets:
+            report = {"band_gap": BAND_GAP_EVAL, "formation_energy": EFORM_EVAL}[target]
+            stem = runs / f"{run.name}-eval-{target}"
+            stem.with_suffix(".png").write_bytes(b"\x89PNG " + target.encode())
+            written = {"model": str(run), "target": target, "unit": UNITS[target], "split": "held-out (labels_agree)",
+                       "metrics": {**report["metrics"], "count": 80}}
+            stem.with_suffix(".json").write_text(json.dumps(written))
+            evals += ["--eval", str(stem.with_suffix(".json"))]
+    return runs, models, evals
+
+
+def test_build_zoo_from_trained_runs(tmp_path: Path) -> None:
+    runs, models, evals = _runs(tmp_path, (("band_gap",), ("formation_energy",)))
+    args = ["--encoder", str(runs / "dim" / "encoder"), *models, "--output", str(tmp_path / "zoo"),
             "--cards", str(tmp_path / "cards"), "--expected", str(tmp_path / "expected.json")]
 
     with pytest.raises(ValueError, match="no evaluation JSON for band_gap"):
-        zoo.main(args)
-    swapped = args.copy()
-    swapped[3] = str(runs / "dim" / "encoder")
-    with pytest.raises(ValueError, match="expected band_gap"):
-        zoo.main(swapped + ["--eval-band-gap", str(runs / "band_gap-eval.json")])
+        zoo.main(args + evals[2:])
+    with pytest.raises(ValueError, match="expected a regressor"):
+        zoo.main(args + ["--model", str(runs / "dim" / "encoder")] + evals)
+    with pytest.raises(ValueError, match="belong to no model"):
+        zoo.main(args[:2] + models[:2] + ["--output", str(tmp_path / "zoo")] + evals)
 
-    assert zoo.main(args + ["--eval-band-gap", str(runs / "band_gap-eval.json"),
-                            "--eval-formation-energy", str(runs / "formation_energy-eval.json")]) == 0
+    assert zoo.main(args + evals) == 0
+    names = [zoo.ENCODER_NAME, "sitenet-dim-mp2018-band-gap", "sitenet-dim-mp2018-formation-energy"]
     registry = json.loads((tmp_path / "zoo" / "registry.json").read_text())
+    assert [m["name"] for m in registry["models"]] == names
     assert [m["trained"] for m in registry["models"]] == [True, True, True]
     by_name = {m["name"]: m for m in registry["models"]}
-    assert by_name["sitenet-dim-mp2018-band-gap"]["metrics"]["mae_nonmetal"] == BAND_GAP_EVAL["metrics"]["mae_nonmetal"]
+    gap_metrics = by_name["sitenet-dim-mp2018-band-gap"]["metrics"]["band_gap"]
+    assert gap_metrics["mae_nonmetal"] == BAND_GAP_EVAL["metrics"]["mae_nonmetal"]
     assert by_name["sitenet-dim-mp2018-formation-energy"]["data"]["n_test"] == 80
-    for name in NAMES:
+    for name in names:
         folder = tmp_path / "zoo" / name
         hub.verify_folder(folder)
         assert (folder / "README.md").read_bytes() == (tmp_path / "cards" / f"{name}.md").read_bytes()
@@ -224,7 +242,7 @@ def test_build_zoo_from_trained_runs(tmp_path: Path) -> None:
         assert "UNTRAINED" not in card and "training.json" in card and "training.json" in by_name[name]["files"]
     gap = tmp_path / "zoo" / "sitenet-dim-mp2018-band-gap"
     card = (gap / "README.md").read_text()
-    assert (gap / "parity.png").read_bytes() == b"\x89PNG band_gap" and "](parity.png)" in card
+    assert (gap / "parity-band-gap.png").read_bytes() == b"\x89PNG band_gap" and "](parity-band-gap.png)" in card
     assert "| 300 / 20 / 80 |" in card and f"sitenet evaluate {runs / 'band_gap'} --output" in card
     encoder_card = (tmp_path / "cards" / "sitenet-dim-mp2018.md").read_text()
     assert "0.1678 eV/atom" in encoder_card and "0.5123 eV" in encoder_card and "model-index" not in encoder_card
@@ -232,5 +250,28 @@ def test_build_zoo_from_trained_runs(tmp_path: Path) -> None:
     shipped = json.loads((tmp_path / "zoo" / "sitenet-dim-mp2018" / "training.json").read_text())
     assert shipped == {"config": {"encoder": {}, "negatives": "domain-aware"}, "splits": {"train": 900, "val": 50, "test": 80}}
     expected = json.loads((tmp_path / "expected.json").read_text())
-    assert set(expected["models"]) == set(NAMES) and expected["models"][NAMES[1]]["trained"] is True
-    assert len(expected["models"][NAMES[1]]["outputs"]["band_gap"]) == len(zoo.PINNED_IDS)
+    assert set(expected["models"]) == set(names) and expected["models"][names[1]]["trained"] is True
+    assert len(expected["models"][names[1]]["outputs"]["band_gap"]) == len(zoo.PINNED_IDS)
+
+
+def test_build_zoo_with_one_multitask_regressor(tmp_path: Path) -> None:
+    runs, models, evals = _runs(tmp_path, (("band_gap", "formation_energy"),))
+    baseline = tmp_path / "magpie.json"
+    baseline.write_text(json.dumps({"command": "sitenet baseline", "results": {"formation_energy": {"mae": 0.2}}}))
+    assert zoo.main(["--encoder", str(runs / "dim" / "encoder"), *models, *evals, "--output", str(tmp_path / "zoo"),
+                     "--cards", str(tmp_path / "cards"), "--expected", str(tmp_path / "expected.json"),
+                     "--baseline", str(baseline)]) == 0
+    name = "sitenet-dim-mp2018-band-gap-formation-energy"
+    entry = {m["name"]: m for m in json.loads((tmp_path / "zoo" / "registry.json").read_text())["models"]}[name]
+    assert entry["targets"] == ["band_gap", "formation_energy"]
+    assert entry["outputs"] == ["band_gap", "metal_probability", "formation_energy", "embedding"]
+    assert entry["units"] == {"band_gap": "eV", "formation_energy": "eV/atom"}
+    card = (tmp_path / "zoo" / name / "README.md").read_text()
+    assert "0.5123 eV" in card and "0.1678 eV/atom" in card and "multi-task" in card
+    assert "](parity-band-gap.png)" in card and "](parity-formation-energy.png)" in card
+    assert "| 0.1678 eV/atom | 0.2000 eV/atom | -16 % |" in card and "`sitenet baseline`" in card
+    from huggingface_hub import ModelCard
+
+    assert {r.dataset_config for r in ModelCard(card).data.eval_results} == {"band_gap", "formation_energy"}
+    encoder_card = (tmp_path / "cards" / "sitenet-dim-mp2018.md").read_text()
+    assert encoder_card.count(f"| {name} |") == 5  # gap: mae, non-metal mae, accuracy; eform: mae; its baseline row

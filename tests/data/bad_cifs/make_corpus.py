@@ -336,6 +336,36 @@ loop_
 """
 
 
+def fm3m_operations() -> list[str]:
+    """The 192 operations of F m -3 m: the 48 signed permutations of x, y, z, times the four F centrings."""
+    import itertools
+
+    ops = []
+    centrings = [("", "", ""), ("", "+1/2", "+1/2"), ("+1/2", "", "+1/2"), ("+1/2", "+1/2", "")]
+    for centring in centrings:
+        for perm in itertools.permutations("xyz"):
+            for signs in itertools.product(("", "-"), repeat=3):
+                ops.append(",".join(f"{sign}{axis}{t}" for sign, axis, t in zip(signs, perm, centring)))
+    return ops
+
+
+def symmetry_bomb(rows: int, *, operations: bool) -> str:
+    """A 2-6 KB CIF whose F m -3 m symmetry expands ``rows`` general positions in a 60 Å cell to 192 x rows
+    sites: once 20 s of pymatgen's time before the site count was seen."""
+    lines = ["data_symmetry_bomb", "_symmetry_space_group_name_H-M   'F m -3 m'", "_symmetry_Int_Tables_number   225"]
+    lines += [f"_cell_length_{axis}   60.0" for axis in "abc"]
+    lines += [f"_cell_angle_{angle}   90" for angle in ("alpha", "beta", "gamma")]
+    if operations:
+        lines += ["loop_", " _symmetry_equiv_pos_site_id", " _symmetry_equiv_pos_as_xyz"]
+        lines += [f"  {k + 1}  '{op}'" for k, op in enumerate(fm3m_operations())]
+    lines += ["loop_", " _atom_site_type_symbol", " _atom_site_label", " _atom_site_fract_x", " _atom_site_fract_y",
+              " _atom_site_fract_z", " _atom_site_occupancy"]
+    for k in range(rows):  # distinct general positions inside the asymmetric unit's neighbourhood
+        x, y, z = 0.011 + 0.0037 * k, 0.017 + 0.0029 * ((7 * k) % rows), 0.023 + 0.0031 * ((13 * k) % rows)
+        lines.append(f"  C  C{k}  {x:.4f}  {y:.4f}  {z:.4f}  1")
+    return "\n".join(lines) + "\n"
+
+
 def _text(s: str) -> bytes:
     return s.encode("utf-8")
 
@@ -448,6 +478,8 @@ def corpus() -> dict[str, Callable[[], bytes]]:
         "too_many_sites__p1_600_atoms.cif": lambda: _text(rocksalt_supercell(5, 5, 3, decimals=6)),
         "too_many_sites__p1_10000_atoms.cif": lambda: _text(rocksalt_supercell(10, 5, 25, decimals=2)),
         "too_many_sites__symmetry_expands_to_576_sites.cif": lambda: _text(FM3M_GENERAL_POSITIONS),
+        "too_many_sites__symmetry_bomb_operation_loop.cif": lambda: _text(symmetry_bomb(60, operations=True)),
+        "too_many_sites__symmetry_bomb_space_group_name.cif": lambda: _text(symmetry_bomb(60, operations=False)),
     }
     return files
 
