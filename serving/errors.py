@@ -202,6 +202,7 @@ def _reshape(status: int, body: bytes, request: str) -> bytes:
         message = f"{request} is not allowed; the prediction endpoints take POST"
     else:
         message = f"{request} failed: {data or f'HTTP {status}'}"
-    if status >= 500:
+    # a 503 from /readyz is a state that probes poll (workers loading or restarting), not an error to log
+    if status >= 500 and not (status == 503 and request.endswith(" /readyz")):
         logger.error("%s %s: %s", status, code, message)
     return json.dumps(error_body(code, message, _jsonable(detail))).encode()

@@ -5,32 +5,74 @@ CIF, so one bad upload can never fail a batch. ``infer`` checks each item again 
 """
 
 import logging
+import time
 from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
+from pydantic import ValidationError
 
 from serving.schemas import InferItem, InferOut
 from serving.settings import ServiceSettings
 from sitenet.elements import MAX_Z
+from sitenet.errors import SiteNetError
 from sitenet.features import CrystalFeatures
 from sitenet.predict import Predictor
-from sitenet.runtime import pick_providers
+from sitenet.runtime import ProviderUnavailableError, pick_providers
 
 logger = logging.getLogger("sitenet.serving")
-SETTINGS = ServiceSettings.from_env()
-if SETTINGS.providers == "cuda":
-    # fail once, at startup, with the reason; not in a worker that BentoML would restart forever
-    pick_providers("cuda")
+#: How every reason not to start is said: one line on stderr, exit status 1 (see ``check_models``).
+CANNOT_START = "sitenet: the service cannot start: "
+
+
+def _settings() -> ServiceSettings:
+    """The settings, or SystemExit with the reason: read at import, so a bad value stops ``bentoml serve`` itself
+    (which imports this module before it spawns any worker)."""
+    try:
+        settings = ServiceSettings.from_env()
+        if settings.providers == "cuda":
+            # fail once, at startup, with the reason; not in a worker that BentoML would restart forever
+            pick_providers("cuda")
+    except ValidationError as err:
+        problems = "; ".join(f"SITENET_{str(e['loc'][0]).upper()}={e.get('input')!r}: {e['msg']}" if e["loc"]
+                             else e["msg"] for e in err.errors())
+        raise SystemExit(f"{CANNOT_START}{problems}") from None
+    except ProviderUnavailableError as err:
+        raise SystemExit(f"{CANNOT_START}{err}") from None
+    return settings
+
+
+SETTINGS = _settings()
 _OUTPUTS = {"band_gap": ("band_gap", "metal_probability"), "formation_energy": ("formation_energy",)}
+
+
+def check_models() -> None:
+    """Resolve, verify and open every configured model once, in the process that starts the server, before
+    any worker exists (the service's deployment hook). Why: a worker whose models fail to load is restarted by
+    BentoML every ~10 s forever while the port accepts connections and ``/readyz`` hangs; here the same failure
+    (a checksum mismatch, a missing model, an unreachable Hub, a graph ONNX Runtime cannot load) ends
+    ``bentoml serve`` at once with the reason. Hub models are downloaded here, so the workers find them cached.
+
+    Raises:
+        SystemExit: a model cannot be used; its message (printed on stderr, exit status 1) says which and why.
+    """
+    start = time.monotonic()
+    try:
+        # CPU sessions: enough to know that each graph loads, without a CUDA context in the long-lived parent
+        predictor = Predictor.from_pretrained(**SETTINGS.model_names(), revision=SETTINGS.revision,
+                                              providers="cpu", threads=1, load=True)
+    except (SiteNetError, ValueError) as err:
+        raise SystemExit(f"{CANNOT_START}{err}") from None
+    logger.info("models checked in %.2f s: %s", time.monotonic() - start,
+                {role: str(model.folder) for role, model in predictor.models.items()})
 
 
 def load_predictor(load: bool) -> Predictor:
     """The configured models; ``load=False``: configs and checksums only (the HTTP side)."""
     return Predictor.from_pretrained(**SETTINGS.model_names(), revision=SETTINGS.revision, providers=SETTINGS.providers,
                                      threads=SETTINGS.ort_threads, load=load, max_sites=SETTINGS.max_sites,
-                                     max_bytes=SETTINGS.max_cif_bytes)
+                                     max_bytes=SETTINGS.max_cif_bytes, max_cpu_s=SETTINGS.max_cif_cpu_s)
 
 
 @bentoml.service(name="sitenet-models", workers=1, traffic={"timeout": SETTINGS.timeout_s},

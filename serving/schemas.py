@@ -109,9 +109,9 @@ class InfoOut(BaseModel):
     embedding: bool = Field(description="whether embeddings are available")
     units: dict[str, str]
     feature_spec: dict[str, Any] = Field(description="featurisation shared by all models")
-    limits: dict[str, int | float] = Field(description="request limits: bytes, CIFs per request, sites per cell; "
-                                           "per HTTP worker: requests worked on at once, waiting, longest wait (s), "
-                                           "model threads")
+    limits: dict[str, int | float] = Field(description="request limits: bytes, CIFs per request, sites per cell, "
+                                           "CPU s per CIF; per HTTP worker: requests worked on at once, waiting, "
+                                           "longest wait (s), model threads")
     placement: dict[str, Any] = Field(description="where the models run: batching (adaptive | inline) and the "
                                       "number of HTTP workers")
 

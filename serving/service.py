@@ -26,10 +26,11 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+from serving import readiness
 from serving.admission import Admission, arrival_time
 from serving.errors import (RequestGuard, error_response, overloaded_response, rejection_out,
                             rejection_response)
-from serving.inference import SETTINGS, SiteNetModels, load_predictor
+from serving.inference import SETTINGS, SiteNetModels, check_models, load_predictor
 from serving.schemas import (BatchItemOut, BatchOut, EmbeddingItemOut, EmbedOut, InferItem, InferOut, InfoOut,
                              PredictionOut, PredictOptions)
 from sitenet.errors import DeadlineExceededError, SiteNetError
@@ -59,6 +60,13 @@ class SiteNetService:
     if not INLINE:
         models = bentoml.depends(SiteNetModels)
 
+    @bentoml.on_deployment
+    def _before_workers() -> None:
+        """Once, in ``bentoml serve`` itself, before it spawns any worker: a model that cannot be used ends the
+        server now with the reason (``check_models``), and the workers get a place to say they are ready."""
+        check_models()
+        readiness.prepare()
+
     def __init__(self) -> None:
         # adaptive: featurisation only here, the model worker runs the graphs
         self.predictor = load_predictor(load=INLINE)
@@ -68,6 +76,7 @@ class SiteNetService:
             logger.info("models ready (inline): %s", {r: m.providers for r, m in self.predictor.models.items()})
         else:
             _keep_sessions(self.models)
+        readiness.mark_ready(bentoml.server_context.worker_index)
 
     @bentoml.api(route="/predict")
     async def predict(self, cif: Path, options: PredictOptions = PredictOptions()) -> PredictionOut:
@@ -113,12 +122,14 @@ class SiteNetService:
         """Models (names, sha256, versions), execution providers in use, units and request limits."""
         info = self.predictor.info() if INLINE else await self.models.info()
         info["limits"] = {"max_request_bytes": SETTINGS.max_request_bytes, "max_cif_bytes": SETTINGS.max_cif_bytes,
-                          "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites, **OVERLOAD_LIMITS}
+                          "max_cifs": SETTINGS.max_cifs, "max_sites": SETTINGS.max_sites,
+                          "max_cif_cpu_s": SETTINGS.max_cif_cpu_s, **OVERLOAD_LIMITS}
         info["placement"] = PLACEMENT
         return InfoOut.model_validate(info)
 
     def __is_ready__(self) -> bool:
-        return bool(self.predictor.models)
+        # every HTTP worker, not just this one (serving/readiness.py); the model worker is probed by BentoML
+        return bool(self.predictor.models) and readiness.server_ready(PLACEMENT["http_workers"])
 
     # --- inference: prepare here (per item); run the batch here (inline) or in the model worker -------
     async def _run(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:

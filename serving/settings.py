@@ -9,6 +9,7 @@
     SITENET_MAX_CIF_BYTES         largest single CIF, else 413 (per item in batches)
     SITENET_MAX_CIFS              most CIFs in one request, else 413
     SITENET_MAX_SITES             most sites in one input cell, else 413 (per item in batches)
+    SITENET_MAX_CIF_CPU_S         CPU seconds reading one CIF may take, else 413 ``input_too_costly`` (per item)
     SITENET_BATCHING              auto | adaptive | inline: where the ONNX models run (see ``batching_mode``)
     SITENET_MAX_BATCH_SIZE        adaptive batching: most crystals per ONNX batch
     SITENET_MAX_LATENCY_MS        adaptive batching: latency budget before the batcher sheds load (503)
@@ -29,6 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sitenet.limits import DEFAULT_MAX_CPU_S
 from sitenet.predict import DEFAULT_MODELS
 from sitenet.structure import DEFAULT_MAX_BYTES, DEFAULT_MAX_SITES
 
@@ -50,6 +52,9 @@ class ServiceSettings(BaseModel):
     max_cif_bytes: int = Field(DEFAULT_MAX_BYTES, ge=64, description="largest CIF, bytes")
     max_cifs: int = Field(64, ge=1, le=10_000, description="most CIFs per request")
     max_sites: int = Field(DEFAULT_MAX_SITES, ge=1, le=10_000, description="most sites per input cell")
+    max_cif_cpu_s: float = Field(DEFAULT_MAX_CPU_S, gt=0, le=3600, description="CPU seconds reading and validating "
+                                 "one CIF may take, s; beyond it 413 input_too_costly (the request's own time limit "
+                                 "applies as well)")
     batching: Literal["auto", "adaptive", "inline"] = Field(
         "auto", description="adaptive: one model worker batches crystals across requests (BentoML adaptive "
         "batching); inline: each HTTP worker runs the models itself on each request's crystals (no "

@@ -45,7 +45,7 @@ class FeatureStore:
         self._distance: list[np.ndarray] = []
         sizes: list[np.ndarray] = []
         self.rejected: list[Rejection] = []
-        for shard in sorted(p for p in self.folder.glob("shard-*") if p.is_dir()):
+        for shard in sorted(p for p in self.folder.glob("shard-*") if p.is_dir() and ".tmp" not in p.name):
             ids += json.loads((shard / "ids.json").read_text())
             self._species.append(np.load(shard / "species.npy", mmap_mode="r"))
             self._distance.append(np.load(shard / "distance.npy", mmap_mode="r"))
@@ -146,7 +146,8 @@ def _build_shard(shard: Path, ids: list[str], cifs: list[str], spec: FeatureSpec
             kept.append(cid)
         except SiteNetError as err:
             rejected.append({"id": cid, "code": err.code, "message": err.message})
-    tmp = shard.with_name(shard.name + ".tmp")
+    # one scratch folder per process: two runs that start on a cold cache build the same shards side by side
+    tmp = shard.with_name(f"{shard.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -157,7 +158,12 @@ def _build_shard(shard: Path, ids: list[str], cifs: list[str], spec: FeatureSpec
     (tmp / "ids.json").write_text(json.dumps(kept))
     (tmp / "rejected.json").write_text(json.dumps(rejected))
     (tmp / "manifest.json").write_text(json.dumps({"ids": ids}))  # the full input list, for resumption checks
-    tmp.rename(shard)
+    try:
+        tmp.rename(shard)
+    except OSError:
+        if not (shard / "manifest.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process finished this shard first; shards are a pure function of the ids
     return len(ids)
 
 

@@ -458,13 +458,17 @@ def _group_ops(name: str, *, hall: bool) -> np.ndarray | None:
     import gemmi
 
     try:
-        group = (gemmi.SpaceGroup(gemmi.symops_from_hall(name)) if hall else
-                 gemmi.find_spacegroup_by_number(int(name)) if name.isdigit() else gemmi.find_spacegroup_by_name(name))
+        if hall:
+            ops = gemmi.symops_from_hall(name)
+        else:
+            group = (gemmi.find_spacegroup_by_number(int(name)) if name.isdigit() else
+                     gemmi.find_spacegroup_by_name(name))
+            if group is None:
+                return None
+            ops = group.operations()
     except (RuntimeError, ValueError):
         return None
-    if group is None:
-        return None
-    return np.array([op.float_seitz()[:3] for op in group.operations()], dtype=np.float64)
+    return np.array([op.float_seitz()[:3] for op in ops], dtype=np.float64)
 
 
 def _rough_coords(sites: _Sites) -> np.ndarray:
@@ -538,7 +542,8 @@ _SPECIAL = re.compile("|".join(("Hw", "Ow", "Wat", "wat", "OH", "OH2", "NO3"))) 
 
 
 def _symmetrised_crystal(block: Any, text: str, *, max_sites: int) -> Crystal | None:
-    """The crystal of a CIF with two or more symmetry operations, expanded as pymatgen would, or None."""
+    """The crystal of a CIF with symmetry operations (listed, or implied by its space-group name or number),
+    expanded as pymatgen would, or None."""
     lowered = text.lower()
     if any(marker in lowered for marker in _SLOW_MARKERS):
         return None
@@ -563,7 +568,7 @@ def _expand_block(block: Any, *, max_sites: int) -> Crystal | None:
     import gemmi
 
     ops = _symops(block)
-    if ops is None or len(ops) < 2:
+    if ops is None:
         return None
     cell = []
     for tag in _CELL_TAGS:
@@ -637,7 +642,122 @@ def _symops(block: Any) -> np.ndarray | None:
         if not all(_XYZ.fullmatch(op) and op.count(",") == 2 for op in xyz):
             return None
         return _parse_ops(xyz)
-    return None  # symmetry only from a space-group name or number: pymatgen's tables decide
+    return _symbol_ops(block)
+
+
+# pymatgen's CifParser.get_symops, for a CIF without an operation loop: the labels it tries, in its order
+# (its keys are case-sensitive: both spellings are its own).
+_PMG_NAME_TAGS = ("_symmetry_space_group_name_H-M", "_symmetry_space_group_name_H_M",
+                  "_symmetry_space_group_name_H-M_", "_symmetry_space_group_name_H_M_", "_space_group_name_Hall",
+                  "_space_group_name_Hall_", "_space_group_name_H-M_alt", "_space_group_name_H-M_alt_",
+                  "_symmetry_space_group_name_hall", "_symmetry_space_group_name_hall_",
+                  "_symmetry_space_group_name_h-m", "_symmetry_space_group_name_h-m_")
+_PMG_NUMBER_TAGS = ("_space_group_IT_number", "_space_group_IT_number_", "_symmetry_Int_Tables_number",
+                    "_symmetry_Int_Tables_number_")
+
+
+def _symbol_ops(block: Any) -> np.ndarray | None:
+    """(K, 4, 4) operations of a CIF that gives its symmetry only by space-group name or number, exactly the
+    ones pymatgen's ``CifParser.get_symops`` makes of it and in its order (the order decides the order of the
+    sites and which of two coinciding images is kept), or None to leave the CIF to pymatgen.
+
+    Why not pymatgen itself: it regenerates the group for every CIF (``SpaceGroup`` compares every new
+    operation with every kept one, 0.3 s for F m -3 m) and reloads its table of settings from disk for a
+    symbol outside its main table; here each group is built by pymatgen's own code once per process.
+    """
+    import gemmi
+
+    pairs: dict[str, str] = {}
+    looped: set[str] = set()
+    for item in block:
+        if item.pair is not None:
+            pairs[item.pair[0]] = item.pair[1]
+        elif item.loop is not None:
+            looped.update(item.loop.tags)
+    known = {t.lower() for t in _PMG_NAME_TAGS + _PMG_NUMBER_TAGS + _SYMOP_TAGS}
+    if any(t.lower() in known for t in looped) or any(t.lower() in known and t not in _PMG_NAME_TAGS + _PMG_NUMBER_TAGS
+                                                      for t in pairs):
+        return None  # looped, or spelled so that pymatgen's lookup and gemmi's could disagree
+    for tag in _PMG_NAME_TAGS:
+        raw = pairs.get(tag)
+        if raw is None or raw in ("?", ".") or raw.startswith(";"):
+            if raw is not None:
+                return None  # pymatgen reads "?" as a symbol that it then fails to find: its own path decides
+            continue
+        symbol = re.sub(r"[\s_]", "", gemmi.cif.as_string(raw))
+        if not symbol:
+            continue
+        ops = _pmg_symbol_ops(symbol)
+        if ops is False:
+            return None
+        if ops is not None:
+            return ops
+    for tag in _PMG_NUMBER_TAGS:
+        raw = pairs.get(tag)
+        if raw is None:
+            continue
+        number = _esd_number(raw)
+        if number is None or not number.is_integer() or not 1 <= number <= 230:
+            return None  # pymatgen's str2float / SpaceGroup.from_int_number would decide, maybe differently
+        return _pmg_number_ops(int(number))
+    return None  # P1 by default: one operation, nothing to expand
+
+
+@functools.lru_cache(maxsize=512)
+def _pmg_symbol_ops(symbol: str) -> np.ndarray | None | bool:
+    """The operations pymatgen's ``get_symops`` finds for a name with blanks and ``_`` removed: from its space
+    group table, else from its table of settings; None if neither has it (pymatgen then tries the next tag),
+    False if pymatgen would fail on it."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    table = _pmg_space_groups()
+    if symbol in table:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return _affine(SpaceGroup(table[symbol]).symmetry_ops)
+            except ValueError:
+                return False
+    for entry in _pmg_settings():
+        if symbol == re.sub(r"\s+", "", entry["hermann_mauguin"]):
+            return _parse_ops(tuple(entry["symops"]))
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _pmg_number_ops(number: int) -> np.ndarray | None:
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _affine(SpaceGroup.from_int_number(number).symmetry_ops)
+        except ValueError:
+            return None
+
+
+@functools.cache
+def _pmg_space_groups() -> dict[str, str]:
+    from pymatgen.symmetry.groups import SYMM_DATA
+
+    return {re.sub(r"[\s_]", "", key): key for key in SYMM_DATA["space_group_encoding"]}
+
+
+@functools.cache
+def _pmg_settings() -> list[dict[str, Any]]:
+    """pymatgen's table of space-group settings (``symm_ops.json``), which its CifParser reads from disk for
+    every CIF whose symbol is not in its main table."""
+    from pathlib import Path
+
+    import pymatgen.io.cif
+    from monty.serialization import loadfn
+
+    return loadfn(Path(pymatgen.io.cif.__file__).parents[1] / "symmetry" / "symm_ops.json")
+
+
+def _affine(ops: Any) -> np.ndarray:
+    """Affine matrices of pymatgen SymmOps in pymatgen's iteration order (its set of them, listed)."""
+    return np.stack([op.affine_matrix for op in list(ops)])
 
 
 @functools.lru_cache(maxsize=512)

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="properties to predict (default: all the model gives)")
     p.add_argument("--output", "-o", default="-", help=".json, .csv, or - for JSON on stdout")
     p.add_argument("--embedding", action="store_true", help="include the 64-d DIM embedding")
+    p.add_argument("--uncertainty", action="store_true", help="add each target's calibrated standard deviation")
+    p.add_argument("--neighbours", type=int, default=0, metavar="K", help="add the K nearest training crystals "
+                   "(JSON output) and the in-domain score")
     p.add_argument("--workers", type=int, default=None, help="worker processes for parsing and featurisation")
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime providers")
     p.set_defaults(func=_delegate("sitenet.predict", "predict_main"))

@@ -25,6 +25,7 @@ from sitenet.batch import collate
 from sitenet.config import UNITS, RegressorConfig, SiteNetConfig, Target
 from sitenet.errors import FeatureSpecMismatchError, ModelLoadError, SiteNetError
 from sitenet.features import CrystalFeatures, FeatureSpec, featurize
+from sitenet.limits import DEFAULT_MAX_CPU_S
 from sitenet.runtime import OnnxModel, ProviderChoice
 from sitenet.structure import DEFAULT_MAX_BYTES, DEFAULT_MAX_SITES, StructureSource, read_crystal
 
@@ -104,6 +105,7 @@ class Predictor:
         *,
         max_sites: int = DEFAULT_MAX_SITES,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        max_cpu_s: float | None = DEFAULT_MAX_CPU_S,
         batch_size: int = 32,
         max_pairs: int = 60_000,
     ) -> None:
@@ -115,7 +117,7 @@ class Predictor:
         if not self.models:
             raise ValueError("a Predictor needs at least one model")
         self.spec = _shared_spec(self.models)
-        self.max_sites, self.max_bytes = max_sites, max_bytes
+        self.max_sites, self.max_bytes, self.max_cpu_s = max_sites, max_bytes, max_cpu_s
         self.batch_size, self.max_pairs = batch_size, max_pairs
         self._indexes: dict[int, Any] = {}  # id(model) -> NeighbourIndex, loaded on first use
         self._pool: ProcessPoolExecutor | None = None
@@ -135,6 +137,7 @@ class Predictor:
         load: bool = True,
         max_sites: int = DEFAULT_MAX_SITES,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        max_cpu_s: float | None = DEFAULT_MAX_CPU_S,
     ) -> "Predictor":
         """Load models by zoo name, folder or Hub repo id (``sitenet.hub.resolve``, checksums verified).
 
@@ -147,6 +150,8 @@ class Predictor:
             load: create the ONNX sessions; False gives a predictor that can only :meth:`prepare` (and
                 describe its models), e.g. for an HTTP front end whose inference runs in another process.
             max_sites, max_bytes: input limits applied by :meth:`prepare`.
+            max_cpu_s: CPU seconds :meth:`prepare` may spend reading one input (None: no limit); past it the
+                input gets ``input_too_costly``.
 
         Raises:
             ModelLoadError: a model is missing, corrupt, of the wrong kind for its role.
@@ -159,7 +164,7 @@ class Predictor:
         folders = {role: None if name is None or os.fspath(name) == "" else resolve(name, revision=revision, verify=verify)
                    for role, name in names.items()}
         return cls(_open(folders, providers=providers, threads=threads, load=load), max_sites=max_sites,
-                   max_bytes=max_bytes)
+                   max_bytes=max_bytes, max_cpu_s=max_cpu_s)
 
     # --- inference -------------------------------------------------------------------------------------
     @property
@@ -171,7 +176,7 @@ class Predictor:
         """Read, validate and featurise one crystal (CIF text/bytes/path or a Structure); never raises a
         ``SiteNetError``, returns it."""
         try:
-            crystal = read_crystal(cif, max_sites=self.max_sites, max_bytes=self.max_bytes)
+            crystal = read_crystal(cif, max_sites=self.max_sites, max_bytes=self.max_bytes, max_cpu_s=self.max_cpu_s)
             features = featurize(crystal, spec=self.spec)
         except SiteNetError as err:
             return err
@@ -545,14 +550,16 @@ def predict_main(args: Any) -> int:
         workers = min(os.cpu_count() or 1, 4) if len(items) >= 256 else 1
     with load_model(args.model, providers=getattr(args, "providers", "auto")) as model:
         targets = tuple(args.targets or model.targets)
-        embedding = bool(args.embedding)
-        model.predictor.roles(targets, embedding)  # a bad option fails before any parsing
+        options = {"targets": targets, "return_embedding": bool(args.embedding),
+                   "uncertainty": bool(getattr(args, "uncertainty", False)), "neighbours": getattr(args, "neighbours", 0)}
+        model.predictor.roles(targets, options["return_embedding"], uncertainty=options["uncertainty"],
+                              neighbours=options["neighbours"])  # a bad option fails before any parsing
         results: list[Prediction | Rejection] = []
         chunk = 1024 if workers > 1 else 256
         with tqdm(total=len(items), unit="crystal", desc="predict", disable=len(items) < 2 * chunk or None) as bar:
             for start in range(0, len(items), chunk):
-                part = model.predictor.predict([x for _, x in items[start:start + chunk]], targets=targets,
-                                               return_embedding=embedding, workers=workers)
+                part = model.predictor.predict([x for _, x in items[start:start + chunk]], **options,
+                                               workers=workers)
                 results += [replace(r, index=r.index + start) for r in part]
                 bar.update(len(part))
     rows = [dict(source=names[r.index], **r.to_dict()) for r in results]
@@ -562,8 +569,9 @@ def predict_main(args: Any) -> int:
     output = str(args.output)
     if output.endswith(".csv"):
         emb = max((len(r.get("embedding") or []) for r in rows), default=0)
-        columns = ["index", "source", "formula", "n_sites", *[c for t in targets for c in _OUTPUTS[t]], "code",
-                   "message"]
+        stds = [f"{t}_std" for t in targets] if options["uncertainty"] else []
+        columns = ["index", "source", "formula", "n_sites", *[c for t in targets for c in _OUTPUTS[t]], *stds,
+                   *(["in_domain"] if options["neighbours"] else []), "code", "message"]  # neighbours: JSON only
         with open(output, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(columns + [f"e{k}" for k in range(emb)])

@@ -1,4 +1,4 @@
-"""``sitenet pretrain | finetune | evaluate | baseline | study``: recipe file first, then ``--set key=value`` overrides.
+"""``sitenet pretrain | finetune | evaluate | baseline | uncertainty | export | study``: recipe file first, then ``--set key=value`` overrides.
 
 ``add_subcommands(subparsers)`` registers these subcommands on the ``sitenet`` parser (sitenet/cli.py);
 ``python -m training.cli ...`` runs them standalone.
@@ -94,6 +94,16 @@ def baseline_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def uncertainty_main(args: argparse.Namespace) -> int:
+    """Add the nearest-crystal index and calibrated uncertainty to a fine-tuned model folder."""
+    from training.uncertainty import add_uncertainty
+
+    _setup_logging()
+    folder = add_uncertainty(args.model, args.output)
+    print(json.dumps(json.loads((folder / "uncertainty.json").read_text(encoding="utf-8")), indent=2))
+    return 0
+
+
 def export_main(args: argparse.Namespace) -> int:
     """Re-export a saved torch model folder (``training.publish``)."""
     from training.publish import export_command
@@ -127,6 +137,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", default="benchmarks/results/magpie_baseline", help="path stem of JSON and MD")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="data settings, e.g. data.path=...")
     p.set_defaults(func=baseline_main)
+
+    p = subparsers.add_parser("uncertainty", help="add a nearest-crystal index and calibrated uncertainty to a "
+                              "fine-tuned model folder (neighbours.safetensors, neighbours.json)")
+    p.add_argument("model", help="a SiteNetRegressor run folder (with its training.json)")
+    p.add_argument("--output", "-o", default=None, help="write a copy here instead of into MODEL")
+    p.set_defaults(func=uncertainty_main)
 
     p = subparsers.add_parser(
         "export",

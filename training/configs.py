@@ -95,6 +95,8 @@ class FinetuneConfig(_Frozen):
     mode: Literal["full", "frozen"] = "full"
     head_hidden: tuple[int, ...] = (64,)
     metal_classifier: bool = True
+    loss_weights: dict[str, float] = Field(default_factory=dict, description="multi-task: target -> weight of its "
+                                           "loss terms in the sum (default 1 each)")
     data: DataConfig = DataConfig()
     trainer: TrainerConfig = TrainerConfig(max_epochs=20)
     n_labels: int | None = Field(None, ge=2, description="train on a seeded subset of this many labelled rows")
@@ -112,6 +114,11 @@ class FinetuneConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> "FinetuneConfig":
         check_targets(self.targets)
+        unknown = set(self.loss_weights) - set(self.targets)
+        if unknown:
+            raise ValueError(f"loss_weights names {sorted(unknown)}, which are not among targets {list(self.targets)}")
+        if any(w <= 0 for w in self.loss_weights.values()):
+            raise ValueError(f"loss_weights must be positive, got {self.loss_weights}")
         return self
 
 

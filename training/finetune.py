@@ -44,11 +44,13 @@ def load_encoder(init: str, config=None) -> SiteNetEncoder:
 
 
 def head_losses(raw: torch.Tensor, y: torch.Tensor, config: RegressorConfig,
-                scaling: dict[str, tuple[float, float]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                scaling: dict[str, tuple[float, float]], weights: dict[str, float] | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of raw head outputs (B,K) against labels (B,) or (B,T) in target units, with each target's value
     column standardised by ``scaling[target] = (mean, std)``: (summed loss, served prediction (B,) per target).
 
-    Band gap with a metal classifier: BCE on gap == 0 plus L1 on the non-metals; other targets: L1."""
+    Band gap with a metal classifier: BCE on gap == 0 plus L1 on the non-metals; other targets: L1. ``weights``
+    scales each target's terms (default 1) in the sum."""
     y = y.reshape(len(raw), -1)  # (B,T)
     loss, served = raw.new_zeros(()), {}
     for j, target in enumerate(config.targets):
@@ -58,14 +60,15 @@ def head_losses(raw: torch.Tensor, y: torch.Tensor, config: RegressorConfig,
         if target == "band_gap":
             value = nonnegative(value)
         yt = y[:, j]  # (B,)
+        w = (weights or {}).get(target, 1.0)
         if logit_col is None:
-            loss = loss + (value - yt).abs().mean() / std
+            loss = loss + w * (value - yt).abs().mean() / std
             served[target] = value
             continue
         metal = yt <= 0.0  # (B,)
-        loss = loss + F.binary_cross_entropy_with_logits(raw[:, logit_col], metal.to(raw.dtype))
+        loss = loss + w * F.binary_cross_entropy_with_logits(raw[:, logit_col], metal.to(raw.dtype))
         if (~metal).any():  # gap regression on the non-metals only
-            loss = loss + (value[~metal] - yt[~metal]).abs().mean() / std
+            loss = loss + w * (value[~metal] - yt[~metal]).abs().mean() / std
         served[target] = value * (torch.sigmoid(raw[:, logit_col]) < 0.5).to(value.dtype)  # as forward()
     return loss, served
 
@@ -75,7 +78,7 @@ class FinetuneModule(L.LightningModule):
 
     def __init__(self, model: SiteNetRegressor, *, lr: float, weight_decay: float,
                  scaling: dict[str, tuple[float, float]], schedule: str = "constant", config: dict | None = None,
-                 compile: bool | str = False):
+                 compile: bool | str = False, loss_weights: dict[str, float] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "compile"])
         self.compile_setting = compile
@@ -85,7 +88,8 @@ class FinetuneModule(L.LightningModule):
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(summed standardised loss, served prediction (B,) of each target in its units)."""
         raw, _ = self.model.raw(**{k: batch[k] for k in INPUTS})  # (B,K)
-        return head_losses(raw, batch["target"], self.model.config, self.hparams.scaling)
+        return head_losses(raw, batch["target"], self.model.config, self.hparams.scaling,
+                           self.hparams.get("loss_weights"))
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         loss, served = self._losses(batch)
@@ -196,7 +200,8 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
         rows = y[y > 0] if reg.gated(target) and (y > 0).any() else y  # the gap is regressed on non-metals only
         scaling[target] = (float(rows.mean()), float(max(rows.std(), 1e-3)))
     module = FinetuneModule(model, lr=cfg.lr, weight_decay=cfg.weight_decay, scaling=scaling, schedule=cfg.schedule,
-                            config=cfg.model_dump(mode="json"), compile=cfg.trainer.compile)
+                            config=cfg.model_dump(mode="json"), compile=cfg.trainer.compile,
+                            loss_weights=dict(cfg.loss_weights))
     best = BestWeights("val/mae")
     stop = ResumableEarlyStopping("val/mae", patience=cfg.patience, mode="min")
     checkpointing = loggers if checkpointing is None else checkpointing

@@ -2,7 +2,7 @@
 
 For N in the budgets, each target and several seeds, the same N labelled training rows are used by:
   representation learning: frozen 64-d embeddings (DIM domain-aware, DIM standard, random init) and a
-      composition-only baseline (element-property statistics of the formula), each through the SAME
+      composition-only baseline (Magpie features of the formula, matminer: ``training.magpie``), each through the SAME
       StandardScaler, then LinearRegression / MLPRegressor(64) / RandomForest (pitfall F.16);
   transfer learning: full fine-tuning from DIM vs from random init (early-stopped on a validation carve).
 Scores are on the held-out scored rows. Outputs: ``<output>.json`` (every run, rewritten as runs finish),
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from sitenet.config import UNITS
-from sitenet.elements import raw_table
 from sitenet.model import SiteNetEncoder, SiteNetRegressor
 from training.configs import PretrainConfig, StudyConfig, merged
 from training.data import Corpus, load_corpus, make_splits
 from training.evaluate import metrics, predict
 from training.finetune import finetune, load_encoder
+from training.magpie import magpie_features
 from training.pretrain import pretrain
 from training.probe import embed
 
@@ -36,18 +36,6 @@ REGRESSORS = ("linear", "mlp", "rf")
 
 
 # ------------------------------------------------------------------------------------------------ features
-def composition_features(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
-    """Element-property statistics of each crystal's composition: fraction-weighted mean, std, min, max of
-    the raw element table (sitenet/elements.py) over the primitive cell's atoms. (len(rows), 4F)."""
-    table = raw_table()  # (Z+1,F)
-    out = np.zeros((len(rows), 4 * table.shape[1]))
-    for k, r in enumerate(rows):
-        props = table[corpus.store[int(corpus.store_row[r])].atomic_numbers]  # (P,F)
-        mean = props.mean(0)
-        out[k] = np.concatenate([mean, np.sqrt(((props - mean) ** 2).mean(0)), props.min(0), props.max(0)])
-    return out
-
-
 def fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int, *,
                 mlp_max_iter: int = 2000) -> np.ndarray:
     """One scikit-learn regressor behind the same StandardScaler for every feature set."""
@@ -149,7 +137,7 @@ def run_study(cfg: StudyConfig) -> dict:
         index = {int(r): k for k, r in enumerate(needed)}
         features = {name: embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items() if name in wanted}
         if "composition" in wanted:
-            features["composition"] = composition_features(corpus, needed)
+            features["composition"] = magpie_features(corpus, needed)  # the baseline users run
         x_test_rows = [index[int(r)] for r in test]
         for (n, s), split in draws.items():
             rows = np.concatenate([split.train, split.val])  # representation learning uses all N labels
@@ -248,7 +236,7 @@ def markdown(summary: dict, *, complete: bool, config: dict | None = None) -> st
                   "a regressor on frozen embeddings (identical StandardScaler for all); `transfer/<init>/finetune` "
                   "fine-tunes the whole model. Embeddings: `dim` = the zoo encoder, `dim-matched` / `dim-standard` = "
                   "domain-aware / standard negatives pretrained with identical settings, `random` = untrained, "
-                  "`composition` = element-property statistics of the formula; any other embedding is a "
+                  "`composition` = Magpie features of the formula (matminer); any other embedding is a "
                   "`pretrain_variants` entry: the dim-matched settings with the overrides listed below.", "",
                   "Settings: " + json.dumps({k: config[k] for k in ("budgets", "seeds_small", "seeds_large",
                                                                      "transfer_budgets", "transfer_seeds",

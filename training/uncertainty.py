@@ -119,10 +119,13 @@ def _formula(corpus: Corpus, row: int) -> str:
     return read_crystal(corpus.dataset.cifs[row]).formula
 
 
-def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: DataConfig) -> dict[str, dict[str, object]]:
+def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: DataConfig, *,
+                labels: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, object]]:
     """How well ``folder``'s uncertainty and in-domain score track its errors on dataset ``rows``, per target:
     MAE, Spearman correlation of |error| with the predicted std and with the in-domain score, coverage of the
-    nominal 68% / 95% intervals, and MAE by decile of the in-domain score (decile 1: least in-domain)."""
+    nominal 68% / 95% intervals, and MAE by decile of the in-domain score (decile 1: least in-domain).
+    Each report also holds the ``predictions`` (scored rows, in order). ``labels``: (M,) labels by target for every corpus row, instead of the corpus's own (another data set's
+    columns); targets with no labels are skipped."""
     from scipy.stats import spearmanr
 
     from sitenet.neighbours import FEATURE_NEIGHBOURS, NeighbourIndex
@@ -134,7 +137,9 @@ def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: Data
     in_domain = index.in_domain(distances[:, 0])
     report = {}
     for target in model.config.targets:
-        y = corpus.labels(target)[rows]
+        if labels is not None and target not in labels:
+            continue
+        y = (labels[target] if labels is not None else corpus.labels(target))[rows]
         ok = np.isfinite(y)
         std = index.std(target, values[target], distances, positions, corpus.sizes(rows)[:, 0],
                         values.get("metal_probability"))
@@ -146,5 +151,7 @@ def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: Data
             "spearman_abs_error_out_of_domain": float(spearmanr(error, -score).statistic),
             "coverage_68": float(np.mean(error <= std)), "coverage_95": float(np.mean(error <= Z95 * std)),
             "mae_by_in_domain_decile": [float(error[decile == d].mean()) for d in range(10)],
+            "median_in_domain": float(np.median(score)),
+            "predictions": values[target][ok],
         }
     return report

@@ -53,6 +53,9 @@ def zoo_name(targets: Sequence[str] = ()) -> str:
     return "-".join([ENCODER_NAME, *(t.replace("_", "-") for t in targets)])
 
 
+#: Files a run folder may hold that ship with its model: the nearest-crystal index and its uncertainty fits
+#: (``sitenet uncertainty RUN``).
+SHIPPED_RUN_FILES: tuple[str, ...] = ("neighbours.safetensors", "neighbours.json", "uncertainty.json")
 #: Three real crystals of data/mp2018-sample for the pinned-output test: 1, 2 and 16 sites.
 PINNED_IDS: tuple[str, ...] = ("mp-1", "mp-1009127", "mp-11582")
 
@@ -68,6 +71,7 @@ class ZooModel:
     eval_paths: tuple[Path, ...] = ()
     source: str | None = None
     training: dict[str, Any] | None = None  # shipped as training.json: resolved run config and split counts
+    source_folder: Path | None = None  # the run folder, for SHIPPED_RUN_FILES
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -127,7 +131,8 @@ def trained_models(encoder: Path, regressors: Sequence[Path], evals: Sequence[Pa
             mine.append((read_eval(path, splits=(training or {}).get("splits")), path))
         targets = () if isinstance(model, SiteNetEncoder) else model.config.targets
         models.append(ZooModel(zoo_name(targets), model, trained=True, evaluations=tuple(r for r, _ in mine),
-                               eval_paths=tuple(p for _, p in mine), source=_display(folder), training=training))
+                               eval_paths=tuple(p for _, p in mine), source=_display(folder), training=training,
+                               source_folder=Path(folder)))
     if unused:
         raise ValueError(f"evaluation JSON(s) {[str(reports[k][1]) for k in sorted(unused)]} belong to no model given")
     return models
@@ -256,6 +261,8 @@ def build_zoo(
                  "build_command": build_command}
         with tempfile.TemporaryDirectory() as scratch:
             extra = {name: source for name, source in plots.values()}
+            extra.update({name: Path(item.source_folder) / name for name in SHIPPED_RUN_FILES
+                          if item.source_folder and (Path(item.source_folder) / name).is_file()})
             if item.training is not None:
                 extra["training.json"] = Path(scratch) / "training.json"
                 extra["training.json"].write_text(json.dumps(item.training, indent=2, sort_keys=True) + "\n",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,42 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Exited:
+    """How a ``bentoml serve`` that was expected to stop on its own ended."""
+
+    returncode: int | None  # None: still running at the time limit (then killed)
+    seconds: float
+    stdout: str
+    stderr: str
+
+
+def serve_until_exit(env: dict[str, str], home: Path, limit_s: float = 60.0) -> Exited:
+    """``bentoml serve`` from the repository root, waited for until it exits by itself (or ``limit_s``)."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, **env, "BENTOML_HOME": str(home / "bentoml")}
+    start = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=limit_s)
+        return Exited(process.returncode, time.monotonic() - start, stdout, stderr)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=10)
+        return Exited(None, time.monotonic() - start, stdout, stderr)
+
+
+@pytest.fixture(scope="session")
+def serve_until_exit_fn() -> Callable[..., Exited]:
+    """:func:`serve_until_exit`, for the start-up failure tests."""
+    return serve_until_exit
 
 
 @pytest.fixture(scope="session")

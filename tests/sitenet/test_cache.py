@@ -2,15 +2,16 @@
 
 import csv
 import json
+import os
 import zipfile
 
 import numpy as np
 import pytest
 
-from sitenet.cache import FeatureStore, build_features
+from sitenet.cache import FeatureStore, _build_shard, build_features
 from sitenet.dataset import SAMPLE_PATH, held_out_ids, held_out_split, read_dataset
 from sitenet.features import FeatureSpec, featurize
-from sitenet.structure import read_structure
+from sitenet.structure import DEFAULT_MAX_SITES, read_structure
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,20 @@ def test_cache_builds_resumes_and_matches_direct_featurisation(tmp_path, small):
     assert other.folder != store.folder and other.sizes[:, 1].max() <= 20
     assert json.loads((other.folder / "spec.json").read_text())["max_atoms"] == 20
     assert FeatureStore(store.folder).has(["broken", small.ids[0]]).tolist() == [False, True]
+
+
+def test_two_processes_building_one_cache_agree(tmp_path, small):
+    """Two runs started on a cold cache build the same shards side by side; neither fails and the store is whole
+    (the second finisher finds the shard done and drops its own copy)."""
+    ids, cifs = [str(i) for i in small.ids[:6]], list(small.cifs[:6])
+    spec = FeatureSpec()
+    folder = tmp_path / spec.key()
+    folder.mkdir()
+    (folder / "spec.json").write_text(spec.model_dump_json())
+    stale = folder / f"shard-00000.tmp-{os.getpid() + 1}"  # a crashed builder's scratch folder
+    stale.mkdir()
+    _build_shard(folder / "shard-00000", ids, cifs, spec, DEFAULT_MAX_SITES)
+    _build_shard(folder / "shard-00000", ids, cifs, spec, DEFAULT_MAX_SITES)  # the late twin
+    assert sorted(p.name for p in folder.glob("shard-*") if p != stale) == ["shard-00000"]
+    store = FeatureStore(folder)
+    assert len(store) == 6

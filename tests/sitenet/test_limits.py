@@ -2,7 +2,7 @@
 and request deadline of ``sitenet.limits`` as the backstop for everything else.
 
 The CIFs are real (pymatgen parses them); the slow one is a legitimate 384-site symmetrised CIF that only
-pymatgen reads (its symmetry is given by the space-group name alone), about 0.3-0.5 s of pymatgen's time.
+pymatgen reads (symmetry by space-group name, sites by label alone), about 0.3-0.5 s of pymatgen's time.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ BOMBS = sorted(BAD.glob("too_many_sites__symmetry_*.cif"))
 
 
 def _slow_cif() -> str:
-    """F m -3 m by name only, two general positions: 384 sites, built by pymatgen (no operation loop)."""
+    """F m -3 m by name only, two general positions named by label alone (no type symbols): 384 sites that only
+    pymatgen reads (guessing elements from labels is its own), regenerating the group each time (~0.3 s)."""
     head = (BAD / "too_many_sites__symmetry_bomb_space_group_name.cif").read_text().split("loop_")[0]
-    rows = ["  C  C0  0.0500  0.1100  0.1700  1", "  Si  Si1  0.1300  0.2100  0.3100  1"]
-    return head + "loop_\n _atom_site_type_symbol\n _atom_site_label\n _atom_site_fract_x\n _atom_site_fract_y\n" \
-        " _atom_site_fract_z\n _atom_site_occupancy\n" + "\n".join(rows) + "\n"
+    rows = ["  C0  0.0500  0.1100  0.1700", "  Si1  0.1300  0.2100  0.3100"]
+    return head + "loop_\n _atom_site_label\n _atom_site_fract_x\n _atom_site_fract_y\n _atom_site_fract_z\n" \
+        + "\n".join(rows) + "\n"
 
 
 @pytest.mark.parametrize("path", BOMBS, ids=lambda p: p.name)

@@ -58,7 +58,9 @@ def test_bundled_folder_verifies_and_matches_registry_and_card(name: str) -> Non
     assert set(entry["files"]) == set(on_disk) == set(manifest["files"]) | {"manifest.json"}
     for rel, path in on_disk.items():
         assert entry["files"][rel] == {"sha256": sha256(path), "size": path.stat().st_size}, rel
-    assert entry["size"] == sum(p.stat().st_size for p in on_disk.values()) < 2_000_000
+    assert entry["size"] == sum(p.stat().st_size for p in on_disk.values()) < 6_000_000  # index: ~4 MB
+    if entry["kind"] == "regressor" and entry["trained"]:
+        assert {"neighbours.safetensors", "neighbours.json", "uncertainty.json"} <= set(on_disk)
     assert (folder / "README.md").read_bytes() == (CARDS / f"{name}.md").read_bytes()
     facts = json.loads((folder / "provenance.json").read_text())
     assert facts["trained"] is entry["trained"] is EXPECTED["models"][name]["trained"]
@@ -256,6 +258,7 @@ def test_build_zoo_from_trained_runs(tmp_path: Path) -> None:
 
 def test_build_zoo_with_one_multitask_regressor(tmp_path: Path) -> None:
     runs, models, evals = _runs(tmp_path, (("band_gap", "formation_energy"),))
+    (Path(models[1]) / "uncertainty.json").write_text('{"fits": {}}')  # what `sitenet uncertainty` leaves
     baseline = tmp_path / "magpie.json"
     baseline.write_text(json.dumps({"command": "sitenet baseline", "results": {"formation_energy": {"mae": 0.2}}}))
     assert zoo.main(["--encoder", str(runs / "dim" / "encoder"), *models, *evals, "--output", str(tmp_path / "zoo"),
@@ -266,6 +269,7 @@ def test_build_zoo_with_one_multitask_regressor(tmp_path: Path) -> None:
     assert entry["targets"] == ["band_gap", "formation_energy"]
     assert entry["outputs"] == ["band_gap", "metal_probability", "formation_energy", "embedding"]
     assert entry["units"] == {"band_gap": "eV", "formation_energy": "eV/atom"}
+    assert "uncertainty.json" in entry["files"] and "neighbours.json" not in entry["files"]
     card = (tmp_path / "zoo" / name / "README.md").read_text()
     assert "0.5123 eV" in card and "0.1678 eV/atom" in card and "multi-task" in card
     assert "](parity-band-gap.png)" in card and "](parity-formation-energy.png)" in card
