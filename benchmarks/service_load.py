@@ -10,12 +10,17 @@ well-behaved client would); every other non-200 answer and every connection erro
 
 The client is a small asyncio HTTP/1.1 client over raw sockets (no per-request client overhead worth
 measuring), so on a shared 2-core machine most of the CPU goes to the server. Requests upload one of the
-``examples/*.cif`` files to ``POST /predict`` (multipart, band gap + formation energy).
+``examples/*.cif`` files to ``POST /predict`` (multipart, band gap + formation energy). ``--mix hostile`` sends,
+in turn, ordinary CIFs, symmetrised ones (space-group symbol only, ``tests/data/symbol_only``) and hostile ones
+(``tests/data/bad_cifs``: symmetry bombs, 10,000 atoms, binary garbage, truncated files...): ordinary and
+symmetrised must answer 200 and hostile ones 4xx; latencies are reported per kind, so the cost of hostile
+neighbours to ordinary requests shows. 504 (the documented per-request time limit) is counted apart from errors.
 
     python benchmarks/service_load.py                     # 60 s per phase, writes benchmarks/results/
     python benchmarks/service_load.py --duration 10       # quick look
     python benchmarks/service_load.py --rate 200 40       # open loop at 200 req/s and at 40 req/s
     python benchmarks/service_load.py --url http://host:3000       # a running server (memory not read)
+    python benchmarks/service_load.py --mix hostile --clients 16 --rate 0 --output benchmarks/results/service_load_hostile
 """
 
 from __future__ import annotations
@@ -45,14 +50,45 @@ def _multipart(path: Path, boundary: str = "sitenetbenchboundary") -> tuple[byte
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def build_requests(host: str, port: int, route: str, cifs: list[Path]) -> list[bytes]:
+#: What each kind of request must get: ordinary and symmetrised CIFs a prediction, hostile ones a 4xx.
+EXPECTED = {"ordinary": range(200, 201), "symmetrised": range(200, 201), "hostile": range(400, 500)}
+HOSTILE = ("too_many_sites__symmetry_bomb_operation_loop.cif", "too_many_sites__symmetry_bomb_space_group_name.cif",
+           "too_many_sites__p1_10000_atoms.cif", "cif_parse_error__binary_garbage.bin",
+           "cif_parse_error__truncated_mid_loop.cif", "overlapping_atoms__two_atoms_0_1_angstrom.cif",
+           "disordered_structure__partial_occupancy_na_k.cif", "invalid_lattice__tiny_cell_volume.cif")
+
+
+def request_files(mix: str) -> list[tuple[Path, str]]:
+    """(CIF file, kind) in sending order: ``ordinary`` only, or ordinary / symmetrised / ordinary / hostile in turn."""
+    ordinary = sorted((REPO / "examples").glob("*.cif"))
+    if mix == "ordinary":
+        return [(p, "ordinary") for p in ordinary]
+    symmetrised = sorted((REPO / "tests" / "data" / "symbol_only").glob("*.cif"))[::12]
+    hostile = [REPO / "tests" / "data" / "bad_cifs" / name for name in HOSTILE]
+    n = max(len(ordinary), len(symmetrised), len(hostile))
+    return [item for k in range(n) for item in ((ordinary[k % len(ordinary)], "ordinary"),
+                                                (symmetrised[k % len(symmetrised)], "symmetrised"),
+                                                (ordinary[(k + 1) % len(ordinary)], "ordinary"),
+                                                (hostile[k % len(hostile)], "hostile"))]
+
+
+def build_requests(host: str, port: int, route: str, files: list[tuple[Path, str]]) -> list[tuple[bytes, str]]:
     out = []
-    for path in cifs:
+    for path, kind in files:
         body, ctype = _multipart(path)
         head = (f"POST {route} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode()
-        out.append(head + body)
+        out.append((head + body, kind))
     return out
+
+
+def _count(status: int, kind: str, errors: dict[str, int]) -> None:
+    """Record an answer that is not what its kind should get (504s apart: the documented time limit)."""
+    if status == 504:
+        errors["504"] = errors.get("504", 0) + 1
+    elif status not in EXPECTED[kind]:
+        key = f"{status} ({kind})"
+        errors[key] = errors.get(key, 0) + 1
 
 
 class Connection:
@@ -99,9 +135,9 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def closed_loop(host: str, port: int, requests: list[bytes], clients: int, duration: float,
+async def closed_loop(host: str, port: int, requests: list[tuple[bytes, str]], clients: int, duration: float,
                       timeout: float) -> dict:
-    latencies: list[float] = []
+    latencies: list[tuple[float, str]] = []
     errors: dict[str, int] = {}
     shed = 0
     stop = time.perf_counter() + duration
@@ -111,7 +147,7 @@ async def closed_loop(host: str, port: int, requests: list[bytes], clients: int,
         conn = Connection(host, port, timeout)
         i = k
         while time.perf_counter() < stop:
-            raw = requests[i % len(requests)]
+            raw, kind = requests[i % len(requests)]
             i += 1
             t0 = time.perf_counter()
             try:
@@ -123,9 +159,8 @@ async def closed_loop(host: str, port: int, requests: list[bytes], clients: int,
                 shed += 1
                 await asyncio.sleep(min(float(headers.get("retry-after", "1")), max(0.0, stop - time.perf_counter())))
                 continue
-            latencies.append(time.perf_counter() - t0)
-            if status != 200:
-                errors[str(status)] = errors.get(str(status), 0) + 1
+            latencies.append((time.perf_counter() - t0, kind))
+            _count(status, kind, errors)
         conn.close()
 
     t0 = time.perf_counter()
@@ -133,10 +168,10 @@ async def closed_loop(host: str, port: int, requests: list[bytes], clients: int,
     return _summary(latencies, errors, shed, time.perf_counter() - t0, clients=clients, mode="closed")
 
 
-async def open_loop(host: str, port: int, requests: list[bytes], clients: int, rate: float, duration: float,
-                    timeout: float) -> dict:
+async def open_loop(host: str, port: int, requests: list[tuple[bytes, str]], clients: int, rate: float,
+                    duration: float, timeout: float) -> dict:
     """``rate`` req/s in total, spread evenly over ``clients`` connections; latency from the scheduled time."""
-    latencies: list[float] = []
+    latencies: list[tuple[float, str]] = []
     errors: dict[str, int] = {}
     start = time.perf_counter() + 0.05
     per_client = rate / clients
@@ -156,7 +191,7 @@ async def open_loop(host: str, port: int, requests: list[bytes], clients: int, r
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            raw = requests[(n * clients + k) % len(requests)]
+            raw, kind = requests[(n * clients + k) % len(requests)]
             n += 1
             try:
                 status, _, _ = await conn.request(raw)
@@ -166,9 +201,8 @@ async def open_loop(host: str, port: int, requests: list[bytes], clients: int, r
             if status == 503:
                 shed += 1
                 continue
-            latencies.append(time.perf_counter() - scheduled)
-            if status != 200:
-                errors[str(status)] = errors.get(str(status), 0) + 1
+            latencies.append((time.perf_counter() - scheduled, kind))
+            _count(status, kind, errors)
         conn.close()
 
     await asyncio.gather(*(client(k) for k in range(clients)))
@@ -178,14 +212,22 @@ async def open_loop(host: str, port: int, requests: list[bytes], clients: int, r
     return result
 
 
-def _summary(latencies: list[float], errors: dict[str, int], shed: int, elapsed: float, *, clients: int,
-             mode: str) -> dict:
-    ms = np.asarray(latencies) * 1e3
+def _percentiles(ms: np.ndarray) -> dict[str, float | None]:
     pct = (lambda q: round(float(np.percentile(ms, q)), 2)) if len(ms) else (lambda q: None)
+    return {"p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100)}
+
+
+def _summary(latencies: list[tuple[float, str]], errors: dict[str, int], shed: int, elapsed: float, *,
+             clients: int, mode: str) -> dict:
+    ms = np.asarray([t for t, _ in latencies]) * 1e3
+    kinds = sorted({k for _, k in latencies})
+    by_kind = {k: {"requests": sum(kk == k for _, kk in latencies),
+                   **_percentiles(np.asarray([t for t, kk in latencies if kk == k]) * 1e3)} for k in kinds}
+    timeouts = errors.pop("504", 0)
     return {"mode": mode, "clients": clients, "requests": len(ms), "seconds": round(elapsed, 2),
-            "throughput_rps": round(len(ms) / elapsed, 1) if elapsed else 0.0,
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100),
-            "shed": shed, "errors": sum(errors.values()), "errors_by_kind": errors}
+            "throughput_rps": round(len(ms) / elapsed, 1) if elapsed else 0.0, **_percentiles(ms),
+            "shed": shed, "timeouts_504": timeouts, "errors": sum(errors.values()), "errors_by_kind": errors,
+            **({"by_kind": by_kind} if len(kinds) > 1 else {})}
 
 
 def _free_port() -> int:
@@ -249,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="open-loop aggregate rates, req/s, one phase each (0: skip)")
     parser.add_argument("--rate-clients", type=int, default=16, help="connections of the open-loop phase")
     parser.add_argument("--route", default="/predict")
+    parser.add_argument("--mix", choices=["ordinary", "hostile"], default="ordinary",
+                        help="ordinary example CIFs, or ordinary, symmetrised and hostile ones in turn")
     parser.add_argument("--url", default=None, help="use a running server instead of starting one")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load before measuring")
@@ -258,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = parser.parse_args(argv)
 
-    cifs = sorted((REPO / "examples").glob("*.cif"))
+    files = request_files(args.mix)
     server = None
     if args.url:
         parsed = urlparse(args.url)
@@ -276,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_s = _wait_ready(host, port, server, log.name) if server else 0.0
         served = _served(host, port)
         print(json.dumps(served), flush=True)
-        requests = build_requests(host, port, args.route, cifs)
+        requests = build_requests(host, port, args.route, files)
         rss_before = _rss_mb(server.pid) if server else None
         if args.warmup > 0:
             asyncio.run(closed_loop(host, port, requests, 4, args.warmup, args.timeout))
@@ -303,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "route": args.route, "cifs": [p.name for p in cifs], "duration_s": args.duration,
+              "route": args.route, "mix": args.mix, "cifs": sorted({p.name for p, _ in files}),
+              "duration_s": args.duration,
               "server_ready_s": round(ready_s, 2), "served": served, "rss_before": rss_before, "rss_after": rss_after,
               "phases": phases, "cpu_count": os.cpu_count(), "machine": platform.platform(), "note": args.note,
               "settings": {k: v for k, v in os.environ.items() if k.startswith("SITENET_")}}
@@ -325,12 +370,19 @@ def _served_line(served: dict | None) -> str:
 
 def _markdown(r: dict) -> str:
     rows = ["| mode | clients | offered req/s | requests | throughput req/s | p50 ms | p90 ms | p99 ms | max ms "
-            "| shed (503) | errors | not sent | server RSS after, MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| shed (503) | timeouts (504) | errors | not sent | server RSS after, MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in r["phases"]:
         rows.append(f"| {p['mode']} | {p['clients']} | {p.get('offered_rps', '-')} | {p['requests']} | "
                     f"{p['throughput_rps']} | {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {p['max_ms']} | "
-                    f"{p.get('shed', '-')} | {p['errors']} {p['errors_by_kind'] or ''} | {p.get('not_sent', '-')} | "
+                    f"{p.get('shed', '-')} | {p.get('timeouts_504', '-')} | {p['errors']} {p['errors_by_kind'] or ''} | {p.get('not_sent', '-')} | "
                     f"{p.get('rss_mb', '-')} |")
+    kinds = [(p, k, v) for p in r["phases"] for k, v in p.get("by_kind", {}).items()]
+    if kinds:
+        rows += ["", "Latency by kind of request (ordinary and symmetrised CIFs must answer 200, hostile ones 4xx):", "",
+                 "| mode | clients | kind | requests | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|"]
+        rows += [f"| {p['mode']} | {p['clients']} | {k} | {v['requests']} | {v['p50_ms']} | {v['p90_ms']} | "
+                 f"{v['p99_ms']} | {v['max_ms']} |" for p, k, v in kinds]
     rss = lambda x: x["total_mb"] if x else "n/a"  # noqa: E731
     return (f"# Service load test\n\n`{r['command']}` — {r['duration_s']} s per phase, `POST {r['route']}` with "
             f"{', '.join(r['cifs'])}, {r['cpu_count']} CPUs ({r['machine']}).\n\n" + "\n".join(rows) +

@@ -44,7 +44,6 @@ def _settings() -> ServiceSettings:
 
 
 SETTINGS = _settings()
-_OUTPUTS = {"band_gap": ("band_gap", "metal_probability"), "formation_energy": ("formation_energy",)}
 
 
 def check_models() -> None:
@@ -93,14 +92,23 @@ class SiteNetModels:
     def _infer(self, items: list[InferItem]) -> list[InferOut]:
         features = [_features(item) for item in items]
         ok = [k for k, f in enumerate(features) if f is not None]
+        # one run for the whole batch, with the union of what its items asked for; each item gets its own part
         targets = sorted({t for k in ok for t in items[k].targets})
         embedding = any(items[k].embedding for k in ok)
-        values = self.predictor.run([features[k] for k in ok], targets=targets, return_embedding=embedding)
+        uncertainty = any(items[k].uncertainty for k in ok)
+        neighbours = max((items[k].neighbours for k in ok), default=0)
+        values = self.predictor.run([features[k] for k in ok], targets=targets, return_embedding=embedding,
+                                    uncertainty=uncertainty, neighbours=neighbours)
         out = [InferOut(error="malformed features") for _ in items]
         for k, v in zip(ok, values):
-            emb = v.get("embedding") if items[k].embedding else None
-            out[k] = InferOut(values={n: v[n] for t in items[k].targets for n in _OUTPUTS[t] if n in v},
-                              embedding=None if emb is None else [float(x) for x in emb])
+            item = items[k]
+            names = [n for t in item.targets
+                     for n in (*self.predictor.outputs(t), *((f"{t}_std",) if item.uncertainty else ()))]
+            emb = v.get("embedding") if item.embedding else None
+            out[k] = InferOut(values={n: v[n] for n in names if v.get(n) is not None},
+                              embedding=None if emb is None else [float(x) for x in emb],
+                              neighbours=v["neighbours"][:item.neighbours] if item.neighbours else None,
+                              in_domain=v.get("in_domain") if item.neighbours else None)
         return out
 
     @bentoml.api

@@ -6,13 +6,16 @@ Every error, whole-request or per item, has one shape: :class:`ErrorOut` ``{"cod
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel, ConfigDict, Field
 
-Target = Literal["band_gap", "formation_energy"]
+#: A property name (the zoo's band_gap and formation_energy, or any a deployment's own models predict).
+Target = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+#: Most nearest crystals one prediction may ask for.
+MAX_NEIGHBOURS = 20
 
 
 def _null_first(schema: dict[str, Any]) -> None:
@@ -32,9 +35,27 @@ class PredictOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    targets: list[Target] = Field(default_factory=lambda: ["band_gap", "formation_energy"],
-                                  description="properties to predict: band_gap (eV), formation_energy (eV/atom)")
+    targets: list[Target] | None = Field(None, description="properties to predict (default: every one the "
+                                         "service serves; /info lists them with their units): the zoo's band_gap "
+                                         "(eV) and formation_energy (eV/atom), and those of any other models served")
     return_embedding: bool = Field(False, description="also return the 64-d DIM crystal embedding")
+    uncertainty: bool = Field(False, description="also return each target's calibrated standard deviation "
+                              "(<target>_std; the 95% interval is value +- 1.96 std)")
+    neighbours: int = Field(0, ge=0, le=MAX_NEIGHBOURS, description="also return this many nearest training "
+                            "crystals (id, formula, embedding distance, labels) and the in-domain score")
+
+
+class NeighbourOut(BaseModel):
+    """A training crystal near the query in the property model's embedding space."""
+
+    id: str = Field(description="Materials Project id")
+    formula: str = Field(description="reduced formula")
+    distance: float = Field(description="Euclidean distance between the embeddings")
+    labels: dict[str, float | None] = Field(description="its DFT labels, by target, in the targets' units")
+
+
+#: Nearest training crystals, or null when not asked for (see ``_null_first``).
+OptionalNeighbours = Annotated[list[NeighbourOut] | None, Field(json_schema_extra=_null_first)]
 
 
 class PredictionOut(BaseModel):
@@ -45,7 +66,18 @@ class PredictionOut(BaseModel):
     band_gap: float | None = Field(None, description="band gap, eV (exactly 0 when metal_probability >= 0.5)")
     metal_probability: float | None = Field(None, description="probability that the crystal is a metal (gap 0)")
     formation_energy: float | None = Field(None, description="formation energy, eV/atom")
+    band_gap_std: float | None = Field(None, description="band gap standard deviation, eV (options.uncertainty)")
+    formation_energy_std: float | None = Field(None, description="formation energy standard deviation, eV/atom "
+                                               "(options.uncertainty)")
     embedding: OptionalFloats = Field(None, description="DIM encoder crystal embedding (64 floats), if asked for")
+    neighbours: OptionalNeighbours = Field(None, description="nearest training crystals, nearest first "
+                                           "(options.neighbours)")
+    properties: dict[str, float | None] = Field(default_factory=dict, description="targets of the deployment's "
+                                                "other property models (a user's own), by name, with <target>_std "
+                                                "when uncertainty was asked for; units in /info")
+    in_domain: float | None = Field(None, description="share of unseen MP crystals that lie farther from the training "
+                                    "set than this one (0: far outside the training data, 1: well inside; "
+                                    "options.neighbours)")
     models: dict[str, str] = Field(default_factory=dict,
                                    description="role -> '<model>@<first 12 hex of model.onnx sha256>' of the models used")
 
@@ -107,6 +139,7 @@ class InfoOut(BaseModel):
     models: dict[str, ModelInfoOut] = Field(description="by role: encoder, band_gap, formation_energy")
     targets: list[str] = Field(description="targets this deployment can predict")
     embedding: bool = Field(description="whether embeddings are available")
+    uncertainty: bool = Field(False, description="whether uncertainty and nearest crystals are available")
     units: dict[str, str]
     feature_spec: dict[str, Any] = Field(description="featurisation shared by all models")
     limits: dict[str, int | float] = Field(description="request limits: bytes, CIFs per request, sites per cell, "
@@ -125,6 +158,8 @@ class InferItem(BaseModel):
     images: int
     targets: list[Target]
     embedding: bool = False
+    uncertainty: bool = False
+    neighbours: int = 0
 
 
 class InferOut(BaseModel):
@@ -132,4 +167,6 @@ class InferOut(BaseModel):
 
     values: dict[str, float] = Field(default_factory=dict)
     embedding: list[float] | None = None
+    neighbours: list[dict[str, Any]] | None = None
+    in_domain: float | None = None
     error: str | None = None

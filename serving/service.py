@@ -132,20 +132,22 @@ class SiteNetService:
         return bool(self.predictor.models) and readiness.server_ready(PLACEMENT["http_workers"])
 
     # --- inference: prepare here (per item); run the batch here (inline) or in the model worker -------
-    async def _run(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
+    async def _run(self, sources: list[bytes], options: PredictOptions) -> list[Prediction | Rejection]:
         if INLINE:  # the core's own steps, in one model thread: prepare each, run the batch, assemble
-            return await self._in_thread(lambda: self._predict(sources, targets, embedding))
+            return await self._in_thread(lambda: self._predict(sources, options))
         prepared = await self._in_thread(lambda: self._prepare(sources))
         check_deadline("the models ran")
         ready = [(k, p) for k, p in enumerate(prepared) if isinstance(p, Prepared)]
         items = [InferItem(atomic_numbers=p.features.atomic_numbers, distance=p.features.distance,
-                           images=p.features.images, targets=targets, embedding=embedding) for _, p in ready]
+                           images=p.features.images, targets=options.targets, embedding=options.return_embedding,
+                           uncertainty=options.uncertainty, neighbours=options.neighbours) for _, p in ready]
         outs = await self._infer(items) if items else []
         results: list[Prediction | Rejection] = [p if isinstance(p, Prepared) else Rejection.from_error(k, p)
                                                  for k, p in enumerate(prepared)]
         for (k, p), out in zip(ready, outs):
             out = InferOut.model_validate(out)
-            values = {**out.values, **({"embedding": out.embedding} if out.embedding is not None else {})}
+            values = {**out.values, **({"embedding": out.embedding} if out.embedding is not None else {}),
+                      **({"neighbours": out.neighbours, "in_domain": out.in_domain} if out.neighbours else {})}
             results[k] = (self.predictor.prediction(k, p, values) if out.error is None else
                           Rejection(k, "internal_error", out.error, http_status=500))
         return results
@@ -181,11 +183,13 @@ class SiteNetService:
             prepared.append(item)
         return prepared
 
-    def _predict(self, sources: list[bytes], targets: list[str], embedding: bool) -> list[Prediction | Rejection]:
+    def _predict(self, sources: list[bytes], options: PredictOptions) -> list[Prediction | Rejection]:
         prepared = self._prepare(sources)
         check_deadline("the models ran")
         ready = [(k, p) for k, p in enumerate(prepared) if isinstance(p, Prepared)]
-        values = self.predictor.run([p for _, p in ready], targets=targets, return_embedding=embedding)
+        values = self.predictor.run([p for _, p in ready], targets=options.targets,
+                                    return_embedding=options.return_embedding, uncertainty=options.uncertainty,
+                                    neighbours=options.neighbours)
         results: list[Prediction | Rejection] = [p if isinstance(p, Prepared) else Rejection.from_error(k, p)
                                                  for k, p in enumerate(prepared)]
         for (k, p), v in zip(ready, values):
@@ -204,7 +208,7 @@ class SiteNetService:
                 logger.warning("model worker connection dropped (%s); retrying", err)
         raise AssertionError("unreachable")
 
-    def _check(self, sources: list[bytes], targets: list[str], embedding: bool) -> Any:
+    def _check(self, sources: list[bytes], options: PredictOptions) -> Any:
         if not sources:
             return error_response(400, "empty_request", "no CIF given")
         if len(sources) > SETTINGS.max_cifs:
@@ -212,19 +216,22 @@ class SiteNetService:
                                   f"counted one by one) in one request, more than the limit of {SETTINGS.max_cifs}; "
                                   "split the request", {"n": len(sources), "max": SETTINGS.max_cifs})
         try:
-            self.predictor.roles(targets, embedding)
+            self.predictor.roles(options.targets, options.return_embedding, uncertainty=options.uncertainty,
+                                 neighbours=options.neighbours)
         except ValueError as err:
             return error_response(400, "target_unavailable", str(err), {"available": list(self.predictor.targets)})
         return None
 
-    async def _results(self, sources: list[bytes], targets: list[str],
-                       embedding: bool) -> list[Prediction | Rejection] | JSONResponse:
+    async def _results(self, sources: list[bytes],
+                       options: PredictOptions) -> list[Prediction | Rejection] | JSONResponse:
         """Per-item results, or the whole request's error response."""
-        refusal = self._check(sources, targets, embedding)
+        if options.targets is None:  # every target served
+            options = options.model_copy(update={"targets": list(self.predictor.targets)})
+        refusal = self._check(sources, options)
         if refusal is not None:
             return refusal
         try:
-            return await self._run(sources, targets, embedding)
+            return await self._run(sources, options)
         except _QueueTimeout:
             return overloaded_response(f"the service is overloaded (no model thread became free within "
                                        f"{SETTINGS.queue_timeout_s:g} s); retry later", 1,
@@ -240,7 +247,7 @@ class SiteNetService:
                                        {"reason": "model_queue_full", "max_latency_ms": SETTINGS.max_latency_ms})
 
     async def _one(self, source: bytes, options: PredictOptions) -> Any:
-        results = await self._results([source], list(options.targets), options.return_embedding)
+        results = await self._results([source], options)
         if isinstance(results, JSONResponse):
             return results
         (result,) = results
@@ -248,7 +255,7 @@ class SiteNetService:
 
     async def _many(self, sources: list[bytes], options: PredictOptions) -> Any:
         items, origin = _split_blocks(sources)
-        results = await self._results(items, list(options.targets), options.return_embedding)
+        results = await self._results(items, options)
         if isinstance(results, JSONResponse):
             return results
         entries = [BatchItemOut(index=origin[r.index][0], block=origin[r.index][1],
@@ -260,7 +267,7 @@ class SiteNetService:
 
     async def _embed(self, sources: list[bytes]) -> Any:
         items, origin = _split_blocks(sources)
-        results = await self._results(items, [], True)
+        results = await self._results(items, PredictOptions(targets=[], return_embedding=True))
         if isinstance(results, JSONResponse):
             return results
         entries = [EmbeddingItemOut(index=origin[r.index][0], block=origin[r.index][1], error=rejection_out(r))

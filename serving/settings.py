@@ -2,6 +2,8 @@
 
     SITENET_ENCODER / SITENET_BAND_GAP_MODEL / SITENET_FORMATION_ENERGY_MODEL
         zoo name, model folder or Hub repo id of each model ("" or "none" leaves a model out)
+    SITENET_MODELS                more property models, comma-separated (e.g. your own fine-tuned ones): each
+                                  serves the targets its config names, beside the zoo's
     SITENET_REVISION              Hub revision (branch, tag, commit) for Hub repo ids
     SITENET_PROVIDERS             auto | cpu | cuda  (cuda fails at startup if CUDA is unusable)
     SITENET_ORT_THREADS           ONNX Runtime threads per session in the model worker
@@ -45,6 +47,7 @@ class ServiceSettings(BaseModel):
     encoder: str = Field(DEFAULT_MODELS["encoder"], description="DIM encoder (embeddings)")
     band_gap_model: str = Field(DEFAULT_MODELS["band_gap"], description="band-gap regressor")
     formation_energy_model: str = Field(DEFAULT_MODELS["formation_energy"], description="formation-energy regressor")
+    models: str = Field("", description="more property models (zoo names, folders or Hub ids), comma-separated")
     revision: str | None = Field(None, description="Hub revision for Hub repo ids")
     providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution providers")
     ort_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per session")
@@ -142,11 +145,13 @@ class ServiceSettings(BaseModel):
         """``max_queue`` with None resolved: twice the concurrency limit, a wait of about two requests' time."""
         return 2 * self.concurrency_limit() if self.max_queue is None else self.max_queue
 
-    def model_names(self) -> dict[str, str | None]:
-        """Model of each role for ``Predictor.from_pretrained`` ("" / "none": role left out)."""
+    def model_names(self) -> dict[str, object]:
+        """Keyword arguments of ``Predictor.from_pretrained`` naming the models: each zoo role's ("" / "none":
+        role left out) and ``models``, the others."""
         names = {"encoder": self.encoder, "band_gap": self.band_gap_model,
                  "formation_energy": self.formation_energy_model}
-        return {role: None if name.strip().lower() in ("", "none") else name for role, name in names.items()}
+        return {**{role: None if name.strip().lower() in ("", "none") else name for role, name in names.items()},
+                "models": tuple(m.strip() for m in self.models.split(",") if m.strip())}
 
 
 @functools.cache

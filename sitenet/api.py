@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from sitenet.config import UNITS
 from sitenet.errors import SiteNetError
 from sitenet.predict import Prediction, Predictor, Rejection
 from sitenet.runtime import ProviderChoice
@@ -32,7 +31,7 @@ __all__ = ["SiteNetModel", "load_model"]
 
 
 class SiteNetModel:
-    """Loaded models (by role: ``encoder``, ``band_gap``, ``formation_energy``) behind one call per task."""
+    """Loaded models (by role: ``encoder`` and each property they predict) behind one call per task."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
@@ -45,7 +44,7 @@ class SiteNetModel:
     @property
     def units(self) -> dict[str, str]:
         """Unit of each target."""
-        return {t: UNITS[t] for t in self.targets}
+        return self.predictor.units()
 
     @property
     def can_embed(self) -> bool:
@@ -136,15 +135,9 @@ def load_model(name: str | os.PathLike[str] | None = None, *, revision: str | No
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{folder}: cannot read config.json: {err}") from None
-    roles: dict[str, Any] = {"encoder": None, "band_gap": None, "formation_energy": None}
-    if config.get("model_type") == "sitenet":
-        roles["encoder"] = folder
-    else:
-        from sitenet.config import RegressorConfig
-
-        for target in RegressorConfig.model_validate(config).targets:
-            roles[target] = folder
-    return SiteNetModel(Predictor.from_pretrained(**roles, revision=revision, providers=providers, threads=threads))
+    encoder = folder if config.get("model_type") == "sitenet" else None
+    return SiteNetModel(Predictor.from_pretrained(encoder, None, None, models=() if encoder else (folder,),
+                                                  revision=revision, providers=providers, threads=threads))
 
 
 def _items(x: Any) -> tuple[list[Any], bool]:

@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ".csv tables with a cif column")
     p.add_argument("--model", default=None, help="zoo name, folder or Hub repo id of one model (default: the zoo's "
                    "encoder and property models)")
-    p.add_argument("--targets", nargs="+", default=None, choices=["band_gap", "formation_energy"],
-                   help="properties to predict (default: all the model gives)")
+    p.add_argument("--targets", nargs="+", default=None, metavar="TARGET",
+                   help="properties to predict, e.g. band_gap formation_energy (default: all the model gives)")
     p.add_argument("--output", "-o", default="-", help=".json, .csv, or - for JSON on stdout")
     p.add_argument("--embedding", action="store_true", help="include the 64-d DIM embedding")
     p.add_argument("--uncertainty", action="store_true", help="add each target's calibrated standard deviation")

@@ -7,15 +7,23 @@ and ``paper_config()`` (Site-Net as published, method.md B.1).
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from sitenet.features import FeatureSpec
 
-Target = Literal["band_gap", "formation_energy"]
+#: A property a model predicts: any snake_case name (it is the model's output name in ONNX and in JSON). The
+#: zoo's are ``TARGETS``; a user's own fine-tuned model names its own (e.g. ``heat_of_formation``).
+Target = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+#: The zoo's properties, in the order results list them.
 TARGETS: tuple[str, ...] = ("band_gap", "formation_energy")
+#: Units of the zoo's properties; any other target's model config states its own.
 UNITS: dict[str, str] = {"band_gap": "eV", "formation_energy": "eV/atom"}
+#: Output names that are not properties (the metal probability of a gated band gap, the embedding, the
+#: ``<target>_std`` uncertainties).
+RESERVED = re.compile(r"^(embedding|metal_probability|encoder|.*_std)$")
 FORMAT_VERSION = 1
 #: Activations an encoder may use. Site-Net as published uses Mish everywhere; SiLU (x * sigmoid(x)) has the
 #: same shape and costs one exp instead of Mish's exp + log1p + tanh, which is most of a CPU training step
@@ -33,9 +41,32 @@ def single_target(data: object) -> object:
 
 
 def check_targets(targets: tuple[str, ...]) -> None:
-    """Raises ValueError unless ``targets`` is one or more distinct properties."""
+    """Raises ValueError unless ``targets`` is one or more distinct properties with names of their own."""
     if not targets or len(set(targets)) != len(targets):
         raise ValueError(f"targets must be one or more distinct properties, got {targets}")
+    reserved = [t for t in targets if RESERVED.match(t)]
+    if reserved:
+        raise ValueError(f"target name(s) {reserved} are reserved for other outputs (embedding, metal_probability, "
+                         "encoder, <target>_std); name the property otherwise")
+
+
+def with_units(units: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    """``units`` completed for the zoo's targets (configs written before units existed); a field validator of
+    ``units`` on a model whose ``targets`` field comes first."""
+    targets = info.data.get("targets") or ()
+    # a zoo target's own unit left over from a config copied with other targets is dropped, not an error
+    kept = {t: u for t, u in units.items() if t in targets or UNITS.get(t) != u}
+    return {**{t: UNITS[t] for t in targets if t in UNITS}, **kept}
+
+
+def check_units(targets: tuple[str, ...], units: dict[str, str]) -> None:
+    """Raises ValueError unless every target has a unit and no unit names another property."""
+    missing = [t for t in targets if not units.get(t)]
+    if missing:
+        raise ValueError(f"give the unit of {missing} (units: {{{missing[0]}: 'eV/atom'}}, or '1' if dimensionless)")
+    extra = sorted(set(units) - set(targets))
+    if extra:
+        raise ValueError(f"units name {extra}, which are not among targets {list(targets)}")
 
 
 class SiteNetConfig(BaseModel):
@@ -84,18 +115,22 @@ class RegressorConfig(BaseModel):
     format_version: int = FORMAT_VERSION
     encoder: SiteNetConfig = SiteNetConfig()
     targets: tuple[Target, ...] = Field(("formation_energy",), description="predicted properties, in head order")
+    units: dict[str, str] = Field(default_factory=dict, validate_default=True, description="unit of each target (the zoo's targets: "
+                                  "filled in); the service and the cards show them")
     head_hidden: tuple[int, ...] = Field((64,), description="hidden widths of the head MLP")
     #: Band gap only: predict a metal probability too and output exactly 0 eV where it is >= 0.5
     #: (the zero-inflated target: ~43% of MP crystals are metals).
     metal_classifier: bool = True
 
     _single_target = model_validator(mode="before")(classmethod(lambda cls, data: single_target(data)))
+    _with_units = field_validator("units")(classmethod(lambda cls, units, info: with_units(units, info)))
 
     @model_validator(mode="after")
     def _check(self) -> "RegressorConfig":
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"config format_version {self.format_version} is not supported (expected {FORMAT_VERSION})")
         check_targets(self.targets)
+        check_units(self.targets, self.units)
         return self
 
     def gated(self, target: str) -> bool:
@@ -119,10 +154,11 @@ class RegressorConfig(BaseModel):
     @property
     def outputs(self) -> tuple[str, ...]:
         """Output names of the model, in order (also the ONNX output names)."""
-        names: list[str] = []
-        for target in self.targets:
-            names += [target, "metal_probability"] if self.gated(target) else [target]
-        return (*names, "embedding")
+        return (*(name for target in self.targets for name in self.outputs_of(target)), "embedding")
+
+    def outputs_of(self, target: str) -> tuple[str, ...]:
+        """The output names that serve ``target``: its value, and the metal probability of a gated band gap."""
+        return (target, "metal_probability") if self.gated(target) else (target,)
 
 
 def dim_config(**overrides: object) -> SiteNetConfig:

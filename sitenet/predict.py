@@ -17,12 +17,12 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
 from sitenet.batch import collate
-from sitenet.config import UNITS, RegressorConfig, SiteNetConfig, Target
+from sitenet.config import RESERVED, TARGETS, RegressorConfig, SiteNetConfig
 from sitenet.errors import FeatureSpecMismatchError, ModelLoadError, SiteNetError
 from sitenet.features import CrystalFeatures, FeatureSpec, featurize
 from sitenet.limits import DEFAULT_MAX_CPU_S
@@ -39,10 +39,6 @@ DEFAULT_MODELS: dict[str, str] = {
     "band_gap": "sitenet-dim-mp2018-band-gap",
     "formation_energy": "sitenet-dim-mp2018-formation-energy",
 }
-TARGETS: tuple[str, ...] = get_args(Target)
-#: ONNX outputs read from each role's model (metal_probability only if the graph has it).
-_OUTPUTS: dict[str, tuple[str, ...]] = {"encoder": ("embedding",), "band_gap": ("band_gap", "metal_probability"),
-                                         "formation_energy": ("formation_energy",)}
 #: Key of a property model's own embedding in :meth:`Predictor.run`'s output (the neighbour index's space).
 _PROPERTY_EMBEDDING = "property_embedding"
 
@@ -68,6 +64,9 @@ class Prediction:
     formation_energy: float | None = None  #: eV/atom
     band_gap_std: float | None = None  #: eV, calibrated standard deviation (``uncertainty=True``)
     formation_energy_std: float | None = None  #: eV/atom, likewise
+    #: Targets of other property models (a user's own), by name, with ``<target>_std`` when asked for; units in
+    #: :meth:`Predictor.info`.
+    properties: dict[str, float | None] = field(default_factory=dict)
     embedding: list[float] | None = None  #: the DIM encoder's E=64 crystal embedding
     neighbours: list[dict[str, Any]] | None = None  #: nearest training crystals (id, formula, distance, labels)
     in_domain: float | None = None  #: share of unseen validation crystals farther from the training set (0..1)
@@ -109,14 +108,15 @@ class Predictor:
         batch_size: int = 32,
         max_pairs: int = 60_000,
     ) -> None:
-        """Use :meth:`from_pretrained`; this takes already loaded models by role (None: role not served)."""
-        unknown = set(models) - set(DEFAULT_MODELS)
+        """Use :meth:`from_pretrained`; this takes already loaded models by role: "encoder" or the target a
+        property model serves (None: role not served)."""
+        unknown = [r for r in models if r != "encoder" and (not r.isidentifier() or RESERVED.match(r))]
         if unknown:
-            raise ValueError(f"unknown model roles {sorted(unknown)}; roles are {list(DEFAULT_MODELS)}")
+            raise ValueError(f"unknown model roles {sorted(unknown)}; roles are 'encoder' and property names")
         self.models = {role: m for role, m in models.items() if m is not None}
         if not self.models:
             raise ValueError("a Predictor needs at least one model")
-        self.spec = _shared_spec(self.models)
+        self.spec, self.configs = _shared_spec(self.models)
         self.max_sites, self.max_bytes, self.max_cpu_s = max_sites, max_bytes, max_cpu_s
         self.batch_size, self.max_pairs = batch_size, max_pairs
         self._indexes: dict[int, Any] = {}  # id(model) -> NeighbourIndex, loaded on first use
@@ -130,6 +130,7 @@ class Predictor:
         band_gap: str | os.PathLike[str] | None = DEFAULT_MODELS["band_gap"],
         formation_energy: str | os.PathLike[str] | None = DEFAULT_MODELS["formation_energy"],
         *,
+        models: Sequence[str | os.PathLike[str]] = (),
         revision: str | None = None,
         providers: ProviderChoice = "auto",
         threads: int | None = None,
@@ -143,6 +144,8 @@ class Predictor:
 
         Args:
             encoder, band_gap, formation_energy: the model of each role; None (or "") leaves a role out.
+            models: more property models (e.g. your own fine-tuned ones); each serves every target its config
+                names. A target may be served by one model only: pass ``band_gap=None`` to serve your own.
             revision: Hub revision (branch, tag or commit) for the Hub repo ids among them.
             providers: "auto" (CUDA when usable, else CPU), "cpu" or "cuda" (fail if CUDA is unusable).
             threads: ONNX Runtime intra-op threads per session (None: its default, all cores).
@@ -163,14 +166,30 @@ class Predictor:
         names = {"encoder": encoder, "band_gap": band_gap, "formation_energy": formation_energy}
         folders = {role: None if name is None or os.fspath(name) == "" else resolve(name, revision=revision, verify=verify)
                    for role, name in names.items()}
+        for name in models:
+            folder = resolve(name, revision=revision, verify=verify)
+            for target in _declared_targets(folder):
+                if folders.get(target) is not None:
+                    raise ModelLoadError(f"{target} would be served by both {Path(folders[target]).name} and "
+                                         f"{Path(folder).name}; leave one out (e.g. {target}=None)")
+                folders[target] = folder
         return cls(_open(folders, providers=providers, threads=threads, load=load), max_sites=max_sites,
                    max_bytes=max_bytes, max_cpu_s=max_cpu_s)
 
     # --- inference -------------------------------------------------------------------------------------
     @property
     def targets(self) -> tuple[str, ...]:
-        """Targets this predictor can serve."""
-        return tuple(t for t in TARGETS if t in self.models)
+        """Targets this predictor can serve: the zoo's first, then others in the order given."""
+        return tuple(sorted((r for r in self.models if r != "encoder"), key=lambda t: t not in TARGETS))
+
+    def outputs(self, role: str) -> tuple[str, ...]:
+        """The ONNX outputs that serve ``role`` (its value, a gated band gap's metal probability, or the
+        encoder's embedding): the model contract as the model's own config states it."""
+        return ("embedding",) if role == "encoder" else self.configs[role].outputs_of(role)
+
+    def units(self) -> dict[str, str]:
+        """Unit of every target served, as each model's config states it."""
+        return {t: self.configs[t].units[t] for t in self.targets}
 
     def prepare(self, cif: StructureSource) -> Prepared | SiteNetError:
         """Read, validate and featurise one crystal (CIF text/bytes/path or a Structure); never raises a
@@ -186,24 +205,22 @@ class Predictor:
               neighbours: int = 0) -> list[str]:
         """The model roles needed for ``targets`` (+ the encoder for embeddings); ValueError if unavailable."""
         targets = tuple(targets)
-        bad = [t for t in targets if t not in TARGETS]
-        if bad:
-            raise ValueError(f"unknown targets {bad}; choose from {list(TARGETS)}")
-        missing = [t for t in targets if t not in self.models]
+        missing = [t for t in targets if t not in self.models or t == "encoder"]
         if return_embedding and "encoder" not in self.models:
             missing.append("embedding (encoder)")
         if (neighbours or uncertainty) and not self.indexed_models():
             missing.append("uncertainty / neighbours (a property model folder with neighbours.safetensors)")
         if missing:
-            raise ValueError(f"no model loaded for {missing}")
-        return [r for r in ("encoder", *TARGETS) if r in targets or (r == "encoder" and return_embedding)]
+            raise ValueError(f"no model loaded for {missing}; this predictor serves {list(self.targets)}"
+                             f"{' and embeddings' if 'encoder' in self.models else ''}")
+        return [r for r in ("encoder", *self.targets) if r in targets or (r == "encoder" and return_embedding)]
 
     def indexed_models(self) -> list[OnnxModel]:
         """Distinct property models (in target order) whose folders ship a nearest-crystal index."""
         from sitenet.neighbours import NeighbourIndex
 
         found: list[OnnxModel] = []
-        for target in TARGETS:
+        for target in self.targets:
             model = self.models.get(target)
             if model is not None and all(model is not m for m in found) and NeighbourIndex.present(model.folder):
                 found.append(model)
@@ -220,7 +237,7 @@ class Predictor:
         self,
         prepared: Sequence[Prepared | CrystalFeatures],
         *,
-        targets: Sequence[str] = TARGETS,
+        targets: Sequence[str] | None = None,
         return_embedding: bool = False,
         uncertainty: bool = False,
         neighbours: int = 0,
@@ -228,6 +245,7 @@ class Predictor:
         """Model outputs per crystal (output name -> float, or (E,) float32 array for ``embedding``); with
         ``uncertainty`` also ``<target>_std``, and with ``neighbours`` = k > 0 also ``neighbours`` (the k
         nearest training crystals of the first indexed property model) and ``in_domain``."""
+        targets = self.targets if targets is None else tuple(targets)
         roles = self.roles(targets, return_embedding, uncertainty=uncertainty, neighbours=neighbours)
         features = [p.features if isinstance(p, Prepared) else p for p in prepared]
         out: list[dict[str, Any]] = [{} for _ in features]
@@ -238,7 +256,7 @@ class Predictor:
         for role in roles:
             model = self.models[role]
             names = plan.setdefault(id(model), (model, []))[1]
-            names += [n for n in _OUTPUTS[role] if n in model.output_names and n not in names]
+            names += [n for n in self.outputs(role) if n in model.output_names and n not in names]
         indexed = [m for m in self.indexed_models() if id(m) in plan] if uncertainty or neighbours else []
         for model in indexed:  # its own embedding: the space of its index
             names = plan[id(model)][1]
@@ -279,7 +297,7 @@ class Predictor:
         self,
         cifs: Sequence[StructureSource],
         *,
-        targets: Sequence[str] = TARGETS,
+        targets: Sequence[str] | None = None,
         return_embedding: bool = False,
         uncertainty: bool = False,
         neighbours: int = 0,
@@ -289,15 +307,16 @@ class Predictor:
 
         Args:
             cifs: CIF texts, CIF bytes, paths or pymatgen Structures.
-            targets: any of "band_gap", "formation_energy".
+            targets: any of :attr:`targets` (None: all of them).
             return_embedding: include the DIM encoder's embedding.
             uncertainty: add each target's calibrated standard deviation (``<target>_std``).
             neighbours: k > 0 adds the k nearest training crystals and the in-domain score.
             workers: processes for large inputs (None or 1: this process). Each worker loads the models
                 once and keeps them for later calls; :meth:`close` stops them.
         """
+        targets = self.targets if targets is None else tuple(targets)
         self.roles(targets, return_embedding, uncertainty=uncertainty, neighbours=neighbours)  # fail fast
-        options = {"targets": tuple(targets), "return_embedding": return_embedding, "uncertainty": uncertainty,
+        options = {"targets": targets, "return_embedding": return_embedding, "uncertainty": uncertainty,
                    "neighbours": neighbours}
         if workers and workers > 1 and len(cifs) > 1:
             return self._predict_parallel(cifs, options, workers=workers)
@@ -324,7 +343,8 @@ class Predictor:
     def prediction(self, index: int, prepared: Prepared, values: dict[str, Any]) -> Prediction:
         """Assemble a :class:`Prediction` from :meth:`run`'s outputs for one crystal."""
         embedding = values.get("embedding")
-        used = [r for r in self.models if any(n in values for n in _OUTPUTS[r])]
+        used = [r for r in self.models if any(n in values for n in self.outputs(r))]
+        others = [t for t in self.targets if t not in TARGETS]
         return Prediction(
             index=index,
             formula=prepared.formula,
@@ -337,6 +357,7 @@ class Predictor:
             embedding=None if embedding is None else [float(v) for v in embedding],
             neighbours=values.get("neighbours"),
             in_domain=values.get("in_domain"),
+            properties={k: values[k] for t in others for k in (t, f"{t}_std") if k in values},
             models={r: f"{self.models[r].name}@{self.models[r].version}" for r in used},
         )
 
@@ -389,7 +410,8 @@ class Predictor:
             "models": {role: model.info() for role, model in self.models.items()},
             "targets": list(self.targets),
             "embedding": "encoder" in self.models,
-            "units": dict(UNITS),
+            "uncertainty": bool(self.indexed_models()),
+            "units": self.units(),
             "feature_spec": self.spec.model_dump(),
             "limits": {"max_sites": self.max_sites, "max_bytes": self.max_bytes},
         }
@@ -438,11 +460,13 @@ def _library_version() -> str:
         return "unknown"
 
 
-def _shared_spec(models: dict[str, OnnxModel]) -> FeatureSpec:
-    """Check each model's config against its role and return the one FeatureSpec they all share."""
+def _shared_spec(models: dict[str, OnnxModel]) -> tuple[FeatureSpec, dict[str, RegressorConfig]]:
+    """Check each model's config against its role: the one FeatureSpec they all share, and each property
+    role's parsed config."""
     from pydantic import ValidationError
 
     specs: dict[str, FeatureSpec] = {}
+    configs: dict[str, RegressorConfig] = {}
     for role, model in models.items():
         try:
             if role == "encoder":
@@ -454,7 +478,7 @@ def _shared_spec(models: dict[str, OnnxModel]) -> FeatureSpec:
                 if role not in config.targets:
                     raise ModelLoadError(f"{model.name} predicts {list(config.targets)}, but was given as the {role} "
                                          "model")
-                specs[role] = config.encoder.features
+                specs[role], configs[role] = config.encoder.features, config
         except ValidationError as err:
             raise ModelLoadError(f"{model.folder}/config.json is not a valid {role} config: {err}") from None
     first_role, first = next(iter(specs.items()))
@@ -464,7 +488,18 @@ def _shared_spec(models: dict[str, OnnxModel]) -> FeatureSpec:
                 f"{models[role].name} ({role}) was trained with features {spec.model_dump()}, but "
                 f"{models[first_role].name} ({first_role}) with {first.model_dump()}; use models from one zoo release",
                 detail={r: s.model_dump() for r, s in specs.items()})
-    return first
+    return first, configs
+
+
+def _declared_targets(folder: Path) -> tuple[str, ...]:
+    """The targets a property model folder's config names (ModelLoadError if it is not a property model)."""
+    from pydantic import ValidationError
+
+    try:
+        config = RegressorConfig.model_validate_json((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as err:
+        raise ModelLoadError(f"{folder} is not a property model (a SiteNetRegressor folder): {err}") from None
+    return config.targets
 
 
 def _open(folders: dict[str, Any], *, providers: ProviderChoice, threads: int | None,
@@ -570,7 +605,10 @@ def predict_main(args: Any) -> int:
     if output.endswith(".csv"):
         emb = max((len(r.get("embedding") or []) for r in rows), default=0)
         stds = [f"{t}_std" for t in targets] if options["uncertainty"] else []
-        columns = ["index", "source", "formula", "n_sites", *[c for t in targets for c in _OUTPUTS[t]], *stds,
+        for row in rows:  # other models' targets: columns of their own
+            row.update(row.pop("properties", None) or {})
+        columns = ["index", "source", "formula", "n_sites", *[c for t in targets for c in model.predictor.outputs(t)],
+                   *stds,
                    *(["in_domain"] if options["neighbours"] else []), "code", "message"]  # neighbours: JSON only
         with open(output, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

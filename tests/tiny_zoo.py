@@ -42,6 +42,7 @@ def build_tiny_zoo(root: Path, *, seed: int = 0) -> Path:
     import torch
 
     from sitenet.config import RegressorConfig
+    from sitenet.hub import write_manifest
     from sitenet.model import SiteNetEncoder, SiteNetRegressor
 
     torch.manual_seed(seed)
@@ -50,8 +51,44 @@ def build_tiny_zoo(root: Path, *, seed: int = 0) -> Path:
     for name, targets in ((BAND_GAP, ("band_gap",)), (FORMATION_ENERGY, ("formation_energy",)),
                           (MULTITASK, ("band_gap", "formation_energy"))):
         config = RegressorConfig(encoder=encoder.config, targets=targets, head_hidden=(16,))
-        write_model(root / name, SiteNetRegressor.from_encoder(encoder, config).eval())
+        model = SiteNetRegressor.from_encoder(encoder, config).eval()
+        write_model(root / name, model)
+        write_tiny_index(root / name, model)
+        write_manifest(root / name)  # the index files are part of the model folder
     return root
+
+
+def write_tiny_index(folder: Path, model, *, n_index: int = 48, n_reference: int = 24) -> None:
+    """The nearest-crystal index and uncertainty fits of ``model`` (as ``sitenet uncertainty`` writes them), on
+    real MP crystals of the committed sample: the first ``n_index`` indexed, the next ``n_reference`` fitted on."""
+    import numpy as np
+    import torch
+
+    from sitenet.batch import collate
+    from sitenet.dataset import SAMPLE_PATH, read_dataset
+    from sitenet.features import featurize
+    from sitenet.neighbours import FEATURE_NEIGHBOURS, nearest, write_index
+    from sitenet.structure import read_crystal
+    from training.uncertainty import fit_uncertainty
+
+    data = read_dataset(SAMPLE_PATH).subset(np.arange(n_index + n_reference))
+    crystals = [read_crystal(c) for c in data.cifs]
+    spec = model.config.encoder.features
+    features = [featurize(c, spec=spec) for c in crystals]
+    batch = collate(features, spec)
+    with torch.no_grad():
+        out = {k: v.numpy() for k, v in model(**{k: torch.as_tensor(v) for k, v in batch.inputs().items()}).items()}
+    index, reference = slice(0, n_index), slice(n_index, None)
+    labels = {t: np.asarray(v, dtype=np.float64) for t, v in data.targets.items()}
+    distances, positions = nearest(out["embedding"][index].astype(np.float16).astype(np.float32),
+                                   out["embedding"][reference], FEATURE_NEIGHBOURS)
+    sites = np.array([f.n_primitive for f in features])[reference]
+    fits = {t: fit_uncertainty(out[t][reference], labels[t][reference], distances, labels[t][index][positions], sites,
+                               out.get("metal_probability")[reference] if model.config.gated(t) else None)
+            for t in model.config.targets}
+    write_index(folder, out["embedding"][index], ids=[str(i) for i in data.ids[index]],
+                formulas=[c.formula for c in crystals[index]], labels={t: v[index] for t, v in labels.items()},
+                reference=out["embedding"][reference], uncertainty=fits)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,17 @@ REQUIRED_METRICS: dict[str, dict[str, tuple[str, bool]]] = {
                  "metal_accuracy": ("metal / non-metal accuracy", False)},
     "formation_energy": {"mae": ("MAE, all test crystals", True)},
 }
+#: What any other (a user's own) property's evaluation reports.
+OTHER_METRICS: dict[str, tuple[str, bool]] = {"mae": ("MAE, all test crystals", True)}
+
+
+def label(target: str) -> str:
+    """A property's name for people: "Band gap", or a user's ``heat_of_formation`` as "Heat of formation"."""
+    return LABELS.get(target, target.replace("_", " ").capitalize())
+
+
+def required_metrics(target: str) -> dict[str, tuple[str, bool]]:
+    return REQUIRED_METRICS.get(target, OTHER_METRICS)
 
 
 class EvalReport(BaseModel):
@@ -47,6 +58,7 @@ class EvalReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     target: Target
+    unit: str = Field("", description="the target's unit (older reports of the zoo's targets: filled in)")
     model: str | None = Field(None, description="the model folder that was evaluated")
     split: str = "test"
     dataset: str = "mp2018"
@@ -60,6 +72,8 @@ class EvalReport(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _test_count(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("unit") and data.get("target") in UNITS:
+            data = {**data, "unit": UNITS[data["target"]]}
         if isinstance(data, dict) and data.get("n_test") is None and isinstance(data.get("metrics"), dict):
             count = data["metrics"].get("count")
             if count is not None:
@@ -68,7 +82,7 @@ class EvalReport(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "EvalReport":
-        missing = sorted(set(REQUIRED_METRICS[self.target]) - set(self.metrics))
+        missing = sorted(set(required_metrics(self.target)) - set(self.metrics))
         if missing:
             raise ValueError(f"evaluation of {self.target} lacks metric(s) {missing}")
         return self
@@ -128,13 +142,12 @@ def _fmt(value: float, unit: str | None) -> str:
 def _eval_results(report: EvalReport) -> list:
     from huggingface_hub import EvalResult
 
-    label = LABELS[report.target]
-    unit = UNITS[report.target]
+    name, unit = label(report.target), report.unit
     results = []
-    for key, (what, has_unit) in REQUIRED_METRICS[report.target].items():
+    for key, (what, has_unit) in required_metrics(report.target).items():
         results.append(EvalResult(
             task_type="tabular-regression",
-            task_name=f"{label} regression",  # distinct per target: the Hub merges equal task/dataset pairs
+            task_name=f"{name} regression",  # distinct per target: the Hub merges equal task/dataset pairs
             dataset_type=DATASET_ID,
             dataset_name=f"MP 2018 {report.target}",
             dataset_config=report.target,
@@ -168,8 +181,8 @@ def _front_matter(name: str, config: SiteNetConfig | RegressorConfig, evals: Seq
 def _metrics_table(reports: Sequence[tuple[str, EvalReport]]) -> list[str]:
     lines = ["| model | target | metric | value | train / val / test crystals |", "|---|---|---|---|---|"]
     for model, report in reports:
-        unit = UNITS[report.target]
-        for key, (what, has_unit) in REQUIRED_METRICS[report.target].items():
+        unit = report.unit
+        for key, (what, has_unit) in required_metrics(report.target).items():
             lines.append(f"| {model} | {report.target} | {what} | {_fmt(report.metrics[key], unit if has_unit else None)} "
                          f"| {report.sizes()} |")
     return lines
@@ -185,7 +198,7 @@ def _baseline_lines(reports: Sequence[tuple[str, EvalReport]], baseline: Mapping
            "labels and scored on the same crystals:", "",
            "| model | target | MAE | Magpie + RF MAE | change |", "|---|---|---|---|---|"]
     for model, report, base in rows:
-        ours, theirs, unit = report.metrics["mae"], float(base["mae"]), UNITS[report.target]
+        ours, theirs, unit = report.metrics["mae"], float(base["mae"]), report.unit
         out.append(f"| {model} | {report.target} | {ours:.4f} {unit} | {theirs:.4f} {unit} | "
                    f"{100 * (ours - theirs) / theirs:+.0f} % |")
     return out + ["", f"Baseline command: `{baseline['command']}` (`benchmarks/results/magpie_baseline.md`).", ""]
@@ -252,7 +265,7 @@ def render_card(
                 f"(B, P, {enc.local_dim})). Fine-tune it on a few hundred labelled crystals of your own.", ""]
     else:
         whats = [f"band gap in eV (exactly 0 where the predicted metal probability is >= 0.5) and the metal "
-                 f"probability" if config.gated(t) else f"{LABELS[t].lower()} in {UNITS[t]}" for t in config.targets]
+                 f"probability" if config.gated(t) else f"{label(t).lower()} in {config.units[t]}" for t in config.targets]
         what = " and the ".join(whats)
         several = (" One encoder pass gives every target (a multi-task model: one encoder, one head, trained on "
                    "the summed losses).") if len(config.targets) > 1 else ""
@@ -298,7 +311,7 @@ def render_card(
         out += _metrics_table(reports) + [""]
         out += _baseline_lines(reports, baseline)
         for target, plot in (plots or {}).items():
-            out += [f"![Parity plot: predicted against DFT {LABELS[target].lower()}]({plot})", ""]
+            out += [f"![Parity plot: predicted against DFT {label(target).lower()}]({plot})", ""]
         out += ["Each number above was produced by:", ""]
         for model, report in reports:
             out += [f"- {model} ({report.target}, {report.split} split of {report.dataset}):", "",

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sitenet.config import SiteNetConfig, Target, check_targets, single_target
+from sitenet.config import SiteNetConfig, Target, check_targets, check_units, single_target, with_units
 
 Negatives = Literal["standard", "domain-aware"]
 
@@ -25,9 +25,15 @@ class DataConfig(_Frozen):
     """Which crystals, how they are split and batched."""
 
     path: str | None = Field(None, description="CSV(.gz) of the data set; None: sitenet.dataset.default_data_path()")
+    columns: dict[str, str] = Field(default_factory=dict, description="target name -> CSV column (your own data); "
+                                    "empty: the mp2018 columns")
+    id_column: str | None = Field(None, description="id column; None: material_id if present, else id")
+    cif_column: str = Field("cif", description="column of CIF texts")
     cache_root: str = Field("cache/features", description="feature cache root (sitenet.cache)")
     test_ids: str | None = Field(None, description="held-out id list; None: the committed data/splits/mp2018-test.txt")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of the training rows held for validation")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="share of the rows held out for testing, seeded, for "
+                                 "a data set with no committed test list (your own CSV); 0: the test_ids list")
     max_primitive: int | None = Field(50, ge=1, description="train only on crystals with P <= this (method's -u 50)")
     limit: int | None = Field(None, ge=2, description="use at most this many training rows (seeded subset)")
     batch_size: int = Field(64, ge=1, description="most crystals per batch")
@@ -95,6 +101,8 @@ class FinetuneConfig(_Frozen):
     mode: Literal["full", "frozen"] = "full"
     head_hidden: tuple[int, ...] = (64,)
     metal_classifier: bool = True
+    units: dict[str, str] = Field(default_factory=dict, validate_default=True, description="unit of each target (filled in for the "
+                                  "zoo's band_gap and formation_energy), e.g. {heat_of_formation: eV/atom}")
     loss_weights: dict[str, float] = Field(default_factory=dict, description="multi-task: target -> weight of its "
                                            "loss terms in the sum (default 1 each)")
     data: DataConfig = DataConfig()
@@ -110,10 +118,15 @@ class FinetuneConfig(_Frozen):
     seed: int = 0
 
     _single_target = model_validator(mode="before")(classmethod(lambda cls, data: single_target(data)))
+    _with_units = field_validator("units")(classmethod(lambda cls, units, info: with_units(units, info)))
 
     @model_validator(mode="after")
     def _check(self) -> "FinetuneConfig":
         check_targets(self.targets)
+        check_units(self.targets, self.units)
+        if self.data.columns and set(self.targets) - set(self.data.columns):
+            raise ValueError(f"data.columns maps {sorted(self.data.columns)} but targets are {list(self.targets)}: "
+                             "name the CSV column of every target")
         unknown = set(self.loss_weights) - set(self.targets)
         if unknown:
             raise ValueError(f"loss_weights names {sorted(unknown)}, which are not among targets {list(self.targets)}")

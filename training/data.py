@@ -61,19 +61,29 @@ class Corpus:
 def load_corpus(cfg: DataConfig) -> Corpus:
     """Read the table, featurise what the cache lacks (resumable), and mark the held-out rows."""
     path = Path(cfg.path) if cfg.path else default_data_path()
-    dataset = read_dataset(path)
-    store = build_features(dataset.ids, dataset.cifs, cfg.cache_root, workers=cfg.workers, progress=False)
+    dataset = read_dataset(path, id_column=cfg.id_column, targets=dict(cfg.columns) or None, cif_column=cfg.cif_column)
+    # a cache folder holds one data set's shards (a shard of other ids is rebuilt): the mp2018 files share the
+    # root, any other data set (a user's CSV) gets a folder of its own beside them
+    root = Path(cfg.cache_root)
+    if not path.name.startswith("mp2018"):
+        root = root / "datasets" / path.name.split(".")[0]
+    store = build_features(dataset.ids, dataset.cifs, root, workers=cfg.workers, progress=False)
     present = store.has(dataset.ids)
     store_row = np.full(len(dataset), -1, dtype=np.int64)
     store_row[present] = store.rows(dataset.ids[present])
     if (~present).any():
         log.warning("%d of %d crystals were rejected by the featuriser (see %s)", int((~present).sum()),
                     len(dataset), store.folder / "rejected.csv")
-    test_ids = held_out_ids(cfg.test_ids) if cfg.test_ids else held_out_ids()
-    test = np.isin(dataset.ids, list(test_ids))
     clusters_path = path.parent / CLUSTERS_NAME
     clusters = read_clusters(clusters_path) if clusters_path.exists() else {}
     groups = np.array([f"c{clusters[i]}" if i in clusters else f"s{i}" for i in dataset.ids])
+    if cfg.test_fraction > 0:  # a seeded carve by whole clusters, its own generator: the same for any other setting
+        rows = np.arange(len(dataset))
+        _, held = _carve(rows, groups, cfg.test_fraction, np.random.default_rng([cfg.seed, 7]))
+        test = np.isin(rows, held)
+    else:
+        test_ids = held_out_ids(cfg.test_ids) if cfg.test_ids else held_out_ids()
+        test = np.isin(dataset.ids, list(test_ids))
     return Corpus(dataset=dataset, store=store, store_row=store_row, test=test, groups=groups)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sitenet.config import UNITS
 from sitenet.model import SiteNetRegressor
 from training.configs import DataConfig
 from training.data import Corpus, load_corpus, loader, make_splits
@@ -110,12 +109,13 @@ def evaluate(model_dir: str | Path, output: str | Path, *, data: DataConfig = Da
     rows = make_splits(corpus, data, target=target).test
     y = corpus.labels(target)[rows]
     pred = predict(model, corpus, rows, data, target)
-    result = {"model": str(model_dir), "target": target, "unit": UNITS[target], "split": "held-out (labels_agree)",
+    unit = model.config.units[target]
+    result = {"model": str(model_dir), "target": target, "unit": unit, "split": "held-out (labels_agree)",
               "metrics": metrics(target, y, pred), "mae_by_size": mae_by_size(y, pred, corpus.sizes(rows)[:, 0])}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(result, indent=2))
     m = result["metrics"]
-    parity_plot(y, pred, output.with_suffix(".png"), unit=UNITS[target],
-                title=f"{target}: MAE {m['mae']:.3f} {UNITS[target]}, R² {m['r2']:.3f} (n={m['count']})")
+    parity_plot(y, pred, output.with_suffix(".png"), unit=unit,
+                title=f"{target}: MAE {m['mae']:.3f} {unit}, R² {m['r2']:.3f} (n={m['count']})")
     return result

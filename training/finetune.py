@@ -186,7 +186,7 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
     data.prepare_data()
     data.setup()
     encoder = load_encoder(cfg.init, cfg.encoder)
-    reg = RegressorConfig(encoder=encoder.config, targets=cfg.targets, head_hidden=cfg.head_hidden,
+    reg = RegressorConfig(encoder=encoder.config, targets=cfg.targets, units=cfg.units, head_hidden=cfg.head_hidden,
                           metal_classifier=cfg.metal_classifier)
     model = SiteNetRegressor.from_encoder(encoder, reg)
     if cfg.mode == "frozen":

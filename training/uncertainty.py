@@ -92,7 +92,8 @@ def add_uncertainty(source: str | Path, output: str | Path | None = None, *, dat
     log.info("embedding %d training and %d validation crystals", len(splits.train), len(splits.val))
     train = predict_rows(model, corpus, splits.train, data)
     val = predict_rows(model, corpus, splits.val, data)
-    labels = {t: corpus.labels(t)[splits.train] for t in targets}
+    # every label the data set has, not only the model's targets: a neighbour's other properties inform too
+    labels = {t: corpus.labels(t)[splits.train] for t in dict.fromkeys((*targets, *corpus.dataset.targets))}
     # the fit reads each validation crystal's neighbours among the training crystals, as a new crystal's are read
     stored = train["embedding"].astype(np.float16).astype(np.float32)  # as the index stores them
     distances, positions = nearest(stored, val["embedding"], FEATURE_NEIGHBOURS)

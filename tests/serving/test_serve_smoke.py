@@ -34,11 +34,20 @@ def _check_predictions(url: str, batching: str) -> None:
         assert r.status_code == 200
         ok, bad = r.json()["results"]
         assert len(ok["prediction"]["embedding"]) == 64 and bad["error"]["code"] == "cif_parse_error"
+        assert ok["prediction"]["band_gap_std"] is None and ok["prediction"]["neighbours"] is None
+        # how far to trust it: calibrated standard deviations and the nearest training crystals
+        r = http.post("/predict_text", json={"cif": NACL.read_text(), "options": {"uncertainty": True, "neighbours": 3}})
+        assert r.status_code == 200, r.text
+        p = r.json()
+        assert p["band_gap_std"] > 0 and p["formation_energy_std"] > 0
+        distances = [n["distance"] for n in p["neighbours"]]
+        assert len(distances) == 3 and distances == sorted(distances)
+        assert set(p["neighbours"][0]["labels"]) == {"band_gap", "formation_energy"} and 0 <= p["in_domain"] <= 1
         bad_cif = http.post("/predict", files={"cif": ("x.cif", b"data_x\n")})
         assert bad_cif.status_code == 422 and bad_cif.json()["code"] == "cif_parse_error"
         info = http.post("/info").json()
         assert all(m["providers"] == ["CPUExecutionProvider"] for m in info["models"].values())
-        assert info["placement"]["batching"] == batching
+        assert info["placement"]["batching"] == batching and info["uncertainty"] is True
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.cif"))
 NACL = REPO / "examples" / "NaCl_mp-22862.cif"
-PREDICTION_FIELDS = {"formula", "n_sites", "band_gap", "metal_probability", "formation_energy", "embedding", "models"}
+PREDICTION_FIELDS = {"formula", "n_sites", "band_gap", "metal_probability", "formation_energy", "embedding", "models",
+                     "band_gap_std", "formation_energy_std", "neighbours", "in_domain", "properties"}
 
 
 def _upload(client, path: Path = NACL, options: dict | None = None):
@@ -34,6 +35,28 @@ def test_options_choose_targets_and_embedding(client) -> None:
     assert body["band_gap"] is None and body["metal_probability"] is None
     assert body["formation_energy"] is not None and len(body["embedding"]) == 64
     assert set(body["models"]) == {"encoder", "formation_energy"}
+
+
+def test_uncertainty_and_neighbours_match_the_predictor(client, tiny_zoo: Path) -> None:
+    from sitenet.predict import Predictor
+
+    predictor = Predictor.from_pretrained(band_gap=tiny_zoo / "sitenet-dim-mp2018-band-gap",
+                                          formation_energy=tiny_zoo / "sitenet-dim-mp2018-formation-energy",
+                                          providers="cpu")
+    (want,) = predictor.predict([NACL.read_bytes()], uncertainty=True, neighbours=2)
+    body = _upload(client, options={"uncertainty": True, "neighbours": 2}).json()
+    assert body["band_gap_std"] == pytest.approx(want.band_gap_std, rel=1e-4)
+    assert body["formation_energy_std"] == pytest.approx(want.formation_energy_std, rel=1e-4)
+    assert [n["id"] for n in body["neighbours"]] == [n["id"] for n in want.neighbours]
+    assert body["in_domain"] == pytest.approx(want.in_domain)
+    only_std = _upload(client, options={"uncertainty": True, "targets": ["formation_energy"]}).json()
+    assert only_std["band_gap_std"] is None and only_std["formation_energy_std"] > 0 and only_std["neighbours"] is None
+
+
+@pytest.mark.parametrize("neighbours", [-1, 21, "many"])
+def test_a_bad_neighbour_count_is_a_400(client, neighbours) -> None:
+    r = client.post("/predict_text", json={"cif": NACL.read_text(), "options": {"neighbours": neighbours}})
+    assert r.status_code == 400 and "neighbours" in r.text, r.text
 
 
 def test_json_text_and_upload_give_the_same_prediction(client) -> None:

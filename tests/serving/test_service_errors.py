@@ -100,9 +100,12 @@ def test_malformed_and_invalid_json(client) -> None:
     _error(client.post("/predict_text", json={"cif": 5}), 400, "invalid_request")
     _error(client.post("/predict_text", json={}), 400, "invalid_request")
     _error(client.post("/predict_batch", json={"cifs": "data_x"}), 400, "invalid_request")
-    body = _error(client.post("/predict_text", json={"cif": NACL.read_text(), "options": {"targets": ["gap"]}}),
+    body = _error(client.post("/predict_text", json={"cif": NACL.read_text(), "options": {"targets": ["Gap!"]}}),
                   400, "invalid_request")
     assert "options.targets" in body["message"]
+    body = _error(client.post("/predict_text", json={"cif": NACL.read_text(), "options": {"targets": ["gap"]}}),
+                  400, "target_unavailable")  # a well-formed name that no model served here predicts
+    assert "['gap']" in body["message"] and body["detail"]["available"] == ["band_gap", "formation_energy"]
     _error(client.post("/predict_batch", json={"cifs": []}), 400, "empty_request")
 
 

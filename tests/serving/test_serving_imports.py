@@ -28,7 +28,8 @@ def test_settings_from_environment() -> None:
     s = ServiceSettings.from_env({"SITENET_ENCODER": "acme/enc", "SITENET_BAND_GAP_MODEL": "/models/gap",
                                   "SITENET_FORMATION_ENERGY_MODEL": "none", "SITENET_REVISION": "v1",
                                   "SITENET_PROVIDERS": "cpu", "SITENET_MAX_CIFS": "5", "SITENET_MAX_SITES": "100"})
-    assert s.model_names() == {"encoder": "acme/enc", "band_gap": "/models/gap", "formation_energy": None}
+    assert s.model_names() == {"encoder": "acme/enc", "band_gap": "/models/gap", "formation_energy": None,
+                               "models": ()}
     assert (s.revision, s.providers, s.max_cifs, s.max_sites) == ("v1", "cpu", 5, 100)
     assert ServiceSettings.from_env({}).model_names()["encoder"] == "sitenet-dim-mp2018"
     with pytest.raises(ValidationError, match="providers"):
@@ -68,5 +69,5 @@ def test_every_setting_is_used() -> None:
     resolved = {"workers": "worker_count()", "max_concurrency": "concurrency_limit()", "max_queue": "queue_limit()",
                 "model_threads": "thread_count()"}  # read through the method that resolves None
     for name in serving.settings.ServiceSettings.model_fields:
-        used = f"SETTINGS.{name}" in source or name in resolved and f"SETTINGS.{resolved[name]}" in source or (name.endswith("model") or name == "encoder") and "model_names()" in source
+        used = f"SETTINGS.{name}" in source or name in resolved and f"SETTINGS.{resolved[name]}" in source or (name.endswith("model") or name in ("encoder", "models")) and "model_names()" in source
         assert used, name

@@ -59,7 +59,7 @@ def test_one_bad_input_raises_its_typed_error_and_a_list_reports_it_in_place(mod
     results = model.predict([NACL, "no-such-file.cif", SI])
     assert isinstance(results[1], Rejection) and results[1].code == "cif_parse_error" and results[1].index == 1
     assert isinstance(results[0], Prediction) and isinstance(results[2], Prediction)
-    with pytest.raises(ValueError, match="unknown targets"):
+    with pytest.raises(ValueError, match="no model loaded for"):
         model.predict(NACL, targets=["bulk_modulus"])
 
 

@@ -109,7 +109,7 @@ def test_prepare_featurises_once_for_any_models(predictor: Predictor) -> None:
 
 
 def test_options_are_checked(predictor: Predictor, tiny_zoo: Path) -> None:
-    with pytest.raises(ValueError, match="unknown targets"):
+    with pytest.raises(ValueError, match="no model loaded for"):
         predictor.predict([EXAMPLES[0]], targets=("bandgap",))
     only_gap = Predictor.from_pretrained(None, tiny_zoo / BAND_GAP, None, providers="cpu")
     assert only_gap.targets == ("band_gap",)
