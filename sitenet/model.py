@@ -10,7 +10,9 @@ masked mean over real sites -> MLP -> embedding g (B,E) -> property head.
 ``forward`` is plain tensor code with no data-dependent Python branches, so it exports to ONNX.
 """
 
-from typing import NamedTuple
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -104,8 +106,23 @@ class EncoderOutput(NamedTuple):
     embedding: torch.Tensor  # (B,E) crystal embedding (mean)
 
 
+class _ZooNames:
+    """``from_pretrained`` that also takes a bundled zoo name (offline, before the Hub is asked), as
+    ``sitenet.load_model`` and the cards do; folders and Hub ids go to the Hugging Face mixin as they are."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any):
+        from sitenet.hub import bundled_models, zoo_dir
+
+        name = os.fspath(pretrained_model_name_or_path)
+        if not Path(name).is_dir() and name in bundled_models():
+            name = str(zoo_dir() / name)
+        return super().from_pretrained(name, **kwargs)  # type: ignore[misc]
+
+
 class SiteNetEncoder(
     nn.Module,
+    _ZooNames,
     PyTorchModelHubMixin,
     **_HUB,
     coders={SiteNetConfig: (lambda c: c.model_dump(mode="json"), lambda d: SiteNetConfig.model_validate(d))},
@@ -184,6 +201,7 @@ class PropertyHead(nn.Module):
 
 class SiteNetRegressor(
     nn.Module,
+    _ZooNames,
     PyTorchModelHubMixin,
     **_HUB,
     coders={RegressorConfig: (lambda c: c.model_dump(mode="json"), lambda d: RegressorConfig.model_validate(d))},

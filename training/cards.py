@@ -362,7 +362,7 @@ def render_card(
             "from sitenet.hub import resolve",
             f"from sitenet.model import {cls}",
             "",
-            f'folder = resolve("{repo}")  # bundled zoo name, local folder or Hub id; checks manifest.json',
+            f'folder = resolve("{name}")  # bundled zoo name, local folder, or the Hub id "{repo}"; checks manifest.json',
             f"model = {cls}.from_pretrained(folder)  # PyTorch",
             'session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])',
             "```", ""]

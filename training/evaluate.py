@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from sitenet.config import TARGETS
 from sitenet.model import SiteNetRegressor
 from training.configs import DataConfig
 from training.data import Corpus, load_corpus, loader, make_splits
@@ -66,6 +68,24 @@ def predict(model: SiteNetRegressor, corpus: Corpus, rows: np.ndarray, cfg: Data
     return out
 
 
+def predict_onnx(folder: Path, corpus: Corpus, rows: np.ndarray, target: str) -> np.ndarray:
+    """Predictions (len(rows),) of ``target`` by the folder's shipped ``model.onnx``, from each row's CIF text
+    through :class:`sitenet.predict.Predictor` (the service's path: parse, validate, featurise, ONNX Runtime);
+    NaN where it rejects a crystal."""
+    from sitenet.predict import Prediction, Predictor
+
+    with Predictor.from_pretrained(None, None, None, models=[folder], providers="cpu") as predictor:
+        results = predictor.predict([corpus.dataset.cifs[int(r)] for r in rows], targets=[target])
+
+    def value(result: Any) -> float:
+        if not isinstance(result, Prediction):
+            return np.nan
+        v = getattr(result, target) if target in TARGETS else result.properties.get(target)
+        return np.nan if v is None else float(v)
+
+    return np.array([value(r) for r in results], dtype=np.float64)
+
+
 def parity_plot(y: np.ndarray, pred: np.ndarray, path: Path, *, title: str, unit: str) -> None:
     """Predicted vs true scatter with the y = x line."""
     import matplotlib
@@ -88,7 +108,8 @@ def parity_plot(y: np.ndarray, pred: np.ndarray, path: Path, *, title: str, unit
 def evaluate(model_dir: str | Path, output: str | Path, *, data: DataConfig = DataConfig(),
              corpus: Corpus | None = None, target: str | None = None) -> dict:
     """Score one target of a SiteNetRegressor folder on the held-out split; writes ``<output>.json`` and
-    ``<output>.png``.
+    ``<output>.png``. A folder with ``model.onnx`` (an exported or zoo model) is scored through the ONNX graph
+    and the service's CIF path, what users run; a training run folder through the PyTorch model.
 
     Args:
         target: which of the model's targets (None: its only one).
@@ -108,9 +129,17 @@ def evaluate(model_dir: str | Path, output: str | Path, *, data: DataConfig = Da
     corpus = corpus or load_corpus(data)
     rows = make_splits(corpus, data, target=target).test
     y = corpus.labels(target)[rows]
-    pred = predict(model, corpus, rows, data, target)
+    # what ships, where it ships: a folder with model.onnx is scored through the service's own path
+    engine = "onnx" if (Path(model_dir) / "model.onnx").is_file() else "torch"
+    if engine == "onnx":
+        pred = predict_onnx(Path(model_dir), corpus, rows, target)
+        rejected = ~np.isfinite(pred)
+        rows, y, pred = rows[~rejected], y[~rejected], pred[~rejected]
+    else:
+        pred, rejected = predict(model, corpus, rows, data, target), np.zeros(0, dtype=bool)
     unit = model.config.units[target]
-    result = {"model": str(model_dir), "target": target, "unit": unit, "split": "held-out (labels_agree)",
+    result = {"model": str(model_dir), "target": target, "unit": unit, "engine": engine,
+              "rejected": int(rejected.sum()), "split": "held-out (labels_agree)",
               "metrics": metrics(target, y, pred), "mae_by_size": mae_by_size(y, pred, corpus.sizes(rows)[:, 0])}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
