@@ -4,6 +4,7 @@ file with 422 ``multiple_data_blocks`` naming its blocks and the endpoint that p
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +21,15 @@ def test_every_dialect_is_predicted(client) -> None:
     assert body["n_ok"] == len(SINGLE), body
     assert [e["prediction"]["formula"] for e in body["results"]] == ["CaF2", "NaCl", "NaCl", "NaCl", "NiO"]
     assert all(e["block"] is None for e in body["results"])
+
+
+def test_each_dialect_and_symmetrised_cif_is_answered_within_a_second(client) -> None:
+    symmetrised = sorted((REPO / "tests" / "data" / "symbol_only").glob("*.cif"))[::10]
+    for path in [*(DIALECTS / n for n in SINGLE), MULTI, *symmetrised]:
+        start = time.perf_counter()
+        r = client.post("/predict_files", files=[("cifs", (path.name, path.read_bytes()))])
+        assert r.status_code == 200 and r.json()["n_failed"] == 0, (path.name, r.text)
+        assert time.perf_counter() - start < 1.0, f"{path.name} took more than 1 s"
 
 
 def test_a_file_of_several_crystals_gets_an_entry_per_block(client) -> None:

@@ -4,6 +4,7 @@ one error shape ``{"code", "message", "detail"}``; in a batch only the bad item 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ def test_each_bad_cif_gets_its_code_and_status(client, path: Path) -> None:
     code = path.name.split("__")[0]
     status = ERROR_CODES[code].http_status
     assert status in (400, 413, 415, 422)
+    start = time.perf_counter()
     _error(client.post("/predict", files={"cif": (path.name, path.read_bytes())}), status, code)
+    assert time.perf_counter() - start < 1.0, f"{path.name} took more than 1 s to refuse"
 
 
 def test_mixed_batch_fails_only_the_bad_items(client) -> None:
