@@ -86,6 +86,7 @@ def model_spec(model: OnnxModel):
     return RegressorConfig.model_validate(model.config).encoder.features
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available:UserWarning")
 def test_silent_cuda_fallback_is_reported(tiny_zoo: Path, monkeypatch: pytest.MonkeyPatch,
                                           caplog: pytest.LogCaptureFixture) -> None:
     """ORT falls back to CPU without an exception when CUDA cannot start: read back, warn (auto) or fail (cuda)."""

@@ -68,4 +68,4 @@ def test_bf16_autocast_step_stays_close_to_fp32(make_batch, tiny_config):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = dim(**batch, noise=False, generator=torch.Generator().manual_seed(0)).loss
     assert bf16.dtype == torch.float32 and all(p.dtype == torch.float32 for p in dim.parameters())
-    assert abs(float(bf16) - float(fp32)) < 0.02 * abs(float(fp32))
+    assert abs(bf16.item() - fp32.item()) < 0.02 * abs(fp32.item())

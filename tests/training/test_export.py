@@ -41,6 +41,8 @@ def test_export_mish_equals_torch_mish_in_pytorch() -> None:
         _assert_close_to_mish(_OnnxMish()(x).numpy(), x)
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 def test_export_mish_equals_torch_mish_in_onnx_runtime(tmp_path: Path) -> None:
     x = _wide_range()
     path = tmp_path / "mish.onnx"
