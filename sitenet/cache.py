@@ -22,7 +22,7 @@ import numpy as np
 
 from sitenet.errors import SiteNetError
 from sitenet.features import CrystalFeatures, FeatureSpec, featurize
-from sitenet.structure import read_structure
+from sitenet.structure import read_crystal
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,8 @@ def _build_shard(shard: Path, ids: list[str], cifs: list[str], spec: FeatureSpec
     rejected: list[dict[str, str]] = []
     for cid, cif in zip(ids, cifs):
         try:
-            features.append(featurize(read_structure(cif, max_sites=max_sites), spec=spec))
+            # the service's reader (arrays, no pymatgen objects); a data set is trusted input: no CPU cap
+            features.append(featurize(read_crystal(cif, max_sites=max_sites, max_cpu_s=None), spec=spec))
             kept.append(cid)
         except SiteNetError as err:
             rejected.append({"id": cid, "code": err.code, "message": err.message})

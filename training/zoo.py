@@ -42,7 +42,7 @@ BASELINE_PATH = REPO_ROOT / "benchmarks" / "results" / "magpie_baseline.json"
 REGISTRY_NAME = "registry.json"
 ENCODER_NAME = "sitenet-dim-mp2018"
 #: The trained runs ``python -m training.zoo`` assembles by default: the encoder, then the regressors.
-DEFAULT_ENCODER = "runs/dim-mp2018-epoch12"
+DEFAULT_ENCODER = "runs/dim-mp2018/encoder"  # the DIM run at its best validation DIM loss (epoch 98 of 100)
 DEFAULT_REGRESSORS: tuple[str, ...] = ("runs/finetune-band-gap-v2", "runs/finetune-formation-energy-v2")
 #: The targets of each regressor the zoo ships (the random placeholders have the same layout).
 LAYOUT: tuple[tuple[str, ...], ...] = (("band_gap",), ("formation_energy",))
