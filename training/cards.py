@@ -268,7 +268,8 @@ def render_card(
                  f"probability" if config.gated(t) else f"{label(t).lower()} in {config.units[t]}" for t in config.targets]
         what = " and the ".join(whats)
         several = (" One encoder pass gives every target (a multi-task model: one encoder, one head, trained on "
-                   "the summed losses).") if len(config.targets) > 1 else ""
+                   "the summed losses, weighted as `loss_weights` in `training.json` says).")\
+            if len(config.targets) > 1 else ""
         out += [f"A Site-Net regressor predicting the {what} of a crystal from its CIF, fine-tuned from the Deep "
                 f"InfoMax pretrained encoder" + (f" [`{base}`](https://huggingface.co/{base})" if base else "") +
                 f". Outputs: {', '.join(f'`{o}`' for o in config.outputs)}.{several}", ""]

@@ -101,8 +101,9 @@ def _best(name: str, options: dict, run, cifs: list[str], sweep_n: int, repeats:
             "predictions": out}
 
 
-def run_ours(cifs: list[str], *, threads: int, sweep_n: int, repeats: int) -> dict:
-    """Our ONNX path (``sitenet.predict.Predictor``) with and without embeddings, and the PyTorch models."""
+def run_ours(cifs: list[str], *, threads: int, sweep_n: int, repeats: int, extra: dict[str, str] | None = None) -> dict:
+    """Our ONNX path (``sitenet.predict.Predictor``) with and without embeddings, the PyTorch models, and each
+    ``extra`` property model folder (label -> folder, e.g. a multi-task model serving both targets in one pass)."""
     import torch
 
     from sitenet.hub import resolve
@@ -114,7 +115,7 @@ def run_ours(cifs: list[str], *, threads: int, sweep_n: int, repeats: int) -> di
     many = Predictor.from_pretrained(threads=1)  # the process pool (one ORT thread per worker)
     options = {f"{w} process(es), batch {b}": (w, b) for w in (1, threads) for b in (16, 32, 64)}
 
-    def onnx(embedding: bool):
+    def onnx(embedding: bool, one=one, many=many):
         def run(option, batch):
             workers, size = option
             p = one if workers == 1 else many
@@ -128,6 +129,11 @@ def run_ours(cifs: list[str], *, threads: int, sweep_n: int, repeats: int) -> di
     many.close()
     result["sitenet-onnx+embedding"] = _best("sitenet-onnx+embedding", options, onnx(True), cifs, sweep_n, repeats)
     many.close()
+    for label, folder in (extra or {}).items():
+        with Predictor.from_pretrained(None, None, None, models=[folder], threads=threads) as one_x, \
+                Predictor.from_pretrained(None, None, None, models=[folder], threads=1) as many_x:
+            result[f"sitenet-onnx {label}"] = _best(f"sitenet-onnx {label}", options, onnx(False, one_x, many_x), cifs,
+                                                    sweep_n, repeats)
 
     torch.set_num_threads(threads)
     models = {t: SiteNetRegressor.from_pretrained(str(resolve(DEFAULT_MODELS[t]))).eval()
@@ -177,12 +183,21 @@ def score(sel: dict, ours: dict, peers: dict) -> dict:
         ("band_gap non-metals", "SiteNet-DIM zoo (ONNX)", mae(col(o, "band_gap"), "band_gap", ~true_metal)),
         ("band_gap non-metals", "CGCNN band-gap alone", mae(cg_gap, "band_gap", ~true_metal)),
     ]
+    accuracy = {}
+    for name in [n for n in ours if n.startswith("sitenet-onnx ")]:  # the --extra models, on the same crystals
+        e = ours[name]["predictions"]
+        if all(isinstance(e[i], dict) for i in k):
+            label = name.removeprefix("sitenet-onnx ")
+            rows += [("formation_energy", f"SiteNet-DIM {label} (ONNX)", mae(col(e, "formation_energy"), "formation_energy")),
+                     ("band_gap", f"SiteNet-DIM {label} (ONNX)", mae(col(e, "band_gap"), "band_gap")),
+                     ("band_gap non-metals", f"SiteNet-DIM {label} (ONNX)", mae(col(e, "band_gap"), "band_gap", ~true_metal))]
+            accuracy[f"SiteNet-DIM {label}"] = float(np.mean((col(e, "metal_probability") >= 0.5) == true_metal))
     ours_metal = col(o, "metal_probability") >= 0.5
     return {"n_scored": len(both), "n_metals": int(true_metal.sum()),
             "failed": {"sitenet": len(y["band_gap"]) - sum(isinstance(p, dict) for p in o),
                        "cgcnn": len(y["band_gap"]) - sum(isinstance(p, dict) for p in c)},
             "mae": [{"target": t, "model": m, "mae": v} for t, m, v in rows],
-            "metal_accuracy": {"SiteNet-DIM zoo": float(np.mean(ours_metal == true_metal)),
+            "metal_accuracy": {"SiteNet-DIM zoo": float(np.mean(ours_metal == true_metal)), **accuracy,
                                "CGCNN semi-metal-classification": float(np.mean((p_metal >= 0.5) == true_metal))}}
 
 
@@ -276,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--venv", default=str(REPO / ".venv-peers"))
     parser.add_argument("--output", default=str(RESULTS / "peers"), help="results path without suffix")
+    parser.add_argument("--extra", action="append", default=[], metavar="LABEL=FOLDER",
+                        help="also time and score this property model folder (e.g. a multi-task model), repeatable")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
@@ -297,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([*worker, str(work / "reference.json"), str(work / "reference-out.json"), "--repeats", "1",
                     "--sweep-n", "1", "--batch-sizes", "64", "--engines", "cgcnn"], check=True, capture_output=True)
     peers = json.loads((work / "peers.json").read_text())
-    ours = run_ours(sel["test"]["cifs"], threads=args.threads, sweep_n=sweep_n, repeats=args.repeats)
+    ours = run_ours(sel["test"]["cifs"], threads=args.threads, sweep_n=sweep_n, repeats=args.repeats,
+                    extra=dict(item.split("=", 1) for item in args.extra))
     models = ours.pop("_models")
 
     from sitenet.predict import Predictor
