@@ -7,9 +7,9 @@ validation crystals, per target, ``log |error| ~ w . f + b`` on the neighbour fe
 ``sitenet.neighbours.uncertainty_features``; a scale then makes the nominal 95% interval cover 95% of the
 validation crystals. Nothing the model predicts changes.
 
-Why not an ensemble of heads on the frozen encoder: measured on the validation crystals of the v2
-formation-energy model, 8 bootstrap heads' spread had Spearman 0.17 with |error|, against 0.37 for the
-distance between the prediction and the nearest training crystal's label alone (``calibration`` below).
+Why not an ensemble of heads on the frozen encoder: in a trial on the validation crystals of the v2
+formation-energy model (its code was not kept), 8 bootstrap heads' spread had Spearman 0.17 with |error|,
+against 0.37 for the distance between the prediction and the nearest training crystal's label alone.
 """
 
 from __future__ import annotations
