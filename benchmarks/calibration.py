@@ -10,6 +10,7 @@ uncertainty and neighbours, median of ``--repeats`` interleaved passes over the 
 
     .venv/bin/python benchmarks/calibration.py                 # writes benchmarks/results/calibration.{json,md,png}
     .venv/bin/python benchmarks/calibration.py --speed-n 200 --repeats 1 --output runs/calibration-smoke
+    .venv/bin/python benchmarks/calibration.py --replot     # redraw the PNG from the JSON
 """
 
 from __future__ import annotations
@@ -111,12 +112,17 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.4), squeeze=False)
-    for ax, row in zip(axes[0], rows):
+    cols = min(4, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
         ax.bar(range(1, 11), row["mae_by_in_domain_decile"], color="tab:blue")
         ax.set_xlabel("in-domain decile (1: least)")
         ax.set_ylabel(f"MAE ({UNITS[row['target']]})")
-        ax.set_title(f"{row['target']}, {row['data']}\nSpearman(|err|, std) {row['spearman_abs_error_std']:.2f}, "
+        ax.set_title(f"{row['model'].removeprefix('sitenet-dim-mp2018-')}: {row['target']}\n{row['data']}\n"
+                     f"Spearman(|err|, std) {row['spearman_abs_error_std']:.2f}, "
                      f"95% cover {100 * row['coverage_95']:.0f}%", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -148,12 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-n", type=int, default=1000, help="held-out crystals timed (0: no timing)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=str(RESULTS / "calibration"))
+    parser.add_argument("--replot", action="store_true", help="only redraw <output>.png from <output>.json")
     args = parser.parse_args(argv)
+    out = Path(args.output)
+    if args.replot:
+        plot(json.loads(out.with_suffix(".json").read_text())["calibration"], out.with_suffix(".png"))
+        return 0
     folders = [Path(m) for m in args.model] if args.model else zoo_regressors()
     rows = measure(folders, Path(args.perov5) if args.perov5 and Path(args.perov5).is_file() else None)
     cost = speed(args.speed_n, args.repeats) if args.speed_n else []
     command = "python benchmarks/calibration.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "machine": platform.platform(),
                                                     "calibration": rows, "cost": cost}, indent=2) + "\n")
