@@ -26,7 +26,7 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from serving import readiness
+from serving import patches, readiness
 from serving.admission import Admission, arrival_time
 from serving.errors import (RequestGuard, error_response, overloaded_response, rejection_out,
                             rejection_response)
@@ -39,6 +39,7 @@ from sitenet.limits import check_deadline, deadline
 from sitenet.predict import Prediction, Prepared, Rejection
 
 logger = logging.getLogger("sitenet.serving")
+patches.apply()  # before BentoML builds the app: see serving/patches.py
 # resolved once (the defaults depend on the cores and the GPU), then used by the service, the middleware and /info
 PLACEMENT = {"batching": SETTINGS.batching_mode(), "http_workers": SETTINGS.worker_count()}
 # per HTTP worker; /info reports them with the request limits
