@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,29 @@ def test_every_setting_is_used() -> None:
     for name in serving.settings.ServiceSettings.model_fields:
         used = f"SETTINGS.{name}" in source or name in resolved and f"SETTINGS.{resolved[name]}" in source or (name.endswith("model") or name in ("encoder", "models")) and "model_names()" in source
         assert used, name
+
+
+def test_bentofile_pins_what_pyproject_pins() -> None:
+    """The Bento's packages carry the same version ranges as the project's own requirements (they drifted once:
+    pymatgen was pinned in one and not the other)."""
+    import re
+    import tomllib
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
+    packages = yaml.safe_load((repo / "bentofile.yaml").read_text())["python"]["packages"]
+
+    def split(requirement: str) -> tuple[str, str]:
+        name = re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0]
+        return name.lower(), requirement[len(name):].split(";")[0].strip()
+
+    ours: dict[str, set[str]] = {}
+    for requirement in requirements:
+        name, spec = split(requirement)
+        ours.setdefault(name, set()).add(spec)
+    for package in packages:
+        name, spec = split(package)
+        assert name in ours and spec in ours[name], f"bentofile {package!r} vs pyproject {ours.get(name)}"
