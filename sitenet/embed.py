@@ -1,4 +1,8 @@
-"""Crystal embeddings with a PyTorch encoder (``sitenet embed``): CIF files in, a CSV or NPY file out."""
+"""Crystal embeddings (``sitenet embed``): CIF files in, a CSV or NPY file out.
+
+An encoder model (the zoo's, a folder, a Hub id) runs on ONNX Runtime through ``sitenet.predict.Predictor``, the
+service's path, so no torch is needed; a random encoder (``random``) or a regressor folder's encoder runs in
+PyTorch."""
 
 from __future__ import annotations
 
@@ -36,6 +40,17 @@ def load_encoder(model: str = "sitenet-dim-mp2018", *, seed: int = 0):
     return SiteNetEncoder.from_pretrained(folder).eval()
 
 
+def _encoder_folder(model: str) -> Path | None:
+    """The model's folder if it is an encoder with an ONNX graph (the torch-free path), else None."""
+    import json
+
+    from sitenet.hub import resolve
+
+    folder = resolve(model)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return folder if config.get("model_type") == "sitenet" and (folder / "model.onnx").is_file() else None
+
+
 def embed_features(encoder, features: Sequence[CrystalFeatures], *, batch_size: int = 64) -> np.ndarray:
     """(M, E) embeddings of featurised crystals, in input order (batched by size internally)."""
     import torch
@@ -56,19 +71,35 @@ def embed_files(
 ) -> int:
     """Embed CIF files; write ``output`` (.csv: id, formula, n_sites, e0..; .npy: (M, E) array) and list every
     rejected file with its reason in ``<output stem>.rejected.csv``. Returns 0, or 1 if nothing was embedded."""
-    encoder = load_encoder(model, seed=seed)
-    spec = encoder.config.features
     kept: list[tuple[str, str, int]] = []
-    features: list[CrystalFeatures] = []
     rejected: list[tuple[str, str, str]] = []
-    for path in paths:
-        try:
-            structure = read_structure(Path(path))
-            features.append(featurize(structure, spec=spec))
-            kept.append((path, structure.composition.reduced_formula, len(structure)))
-        except SiteNetError as err:
-            rejected.append((path, err.code, err.message))
-    embeddings = embed_features(encoder, features, batch_size=batch_size) if features else np.zeros((0, 0))
+    folder = None if model == "random" else _encoder_folder(model)
+    if folder is not None:
+        from sitenet.predict import Predictor, Rejection
+
+        with Predictor.from_pretrained(folder, None, None) as predictor:
+            predictor.batch_size = batch_size
+            results = predictor.predict([Path(p) for p in paths], targets=(), return_embedding=True)
+        vectors = []
+        for path, r in zip(paths, results):
+            if isinstance(r, Rejection):
+                rejected.append((path, r.code, r.message))
+            else:
+                kept.append((path, r.formula, r.n_sites))
+                vectors.append(r.embedding)
+        embeddings = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, 0))
+    else:
+        encoder = load_encoder(model, seed=seed)
+        spec = encoder.config.features
+        features: list[CrystalFeatures] = []
+        for path in paths:
+            try:
+                structure = read_structure(Path(path))
+                features.append(featurize(structure, spec=spec))
+                kept.append((path, structure.composition.reduced_formula, len(structure)))
+            except SiteNetError as err:
+                rejected.append((path, err.code, err.message))
+        embeddings = embed_features(encoder, features, batch_size=batch_size) if features else np.zeros((0, 0))
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
         np.save(output, embeddings)
