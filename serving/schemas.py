@@ -12,8 +12,8 @@ import numpy as np
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel, ConfigDict, Field
 
-#: A property name (the zoo's band_gap and formation_energy, or any a deployment's own models predict).
-Target = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+from sitenet.config import Target  # a property name: the zoo's, or any a deployment's own models predict
+
 #: Most nearest crystals one prediction may ask for.
 MAX_NEIGHBOURS = 20
 

@@ -117,6 +117,8 @@ class Predictor:
         if not self.models:
             raise ValueError("a Predictor needs at least one model")
         self.spec, self.configs = _shared_spec(self.models)
+        # the zoo's targets first, then others in the order given; the models never change after this
+        self._targets = tuple(sorted((r for r in self.models if r != "encoder"), key=lambda t: t not in TARGETS))
         self.max_sites, self.max_bytes, self.max_cpu_s = max_sites, max_bytes, max_cpu_s
         self.batch_size, self.max_pairs = batch_size, max_pairs
         self._indexes: dict[int, Any] = {}  # id(model) -> NeighbourIndex, loaded on first use
@@ -180,7 +182,7 @@ class Predictor:
     @property
     def targets(self) -> tuple[str, ...]:
         """Targets this predictor can serve: the zoo's first, then others in the order given."""
-        return tuple(sorted((r for r in self.models if r != "encoder"), key=lambda t: t not in TARGETS))
+        return self._targets
 
     def outputs(self, role: str) -> tuple[str, ...]:
         """The ONNX outputs that serve ``role`` (its value, a gated band gap's metal probability, or the
