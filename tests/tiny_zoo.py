@@ -67,9 +67,8 @@ def write_tiny_index(folder: Path, model, *, n_index: int = 48, n_reference: int
     from sitenet.batch import collate
     from sitenet.dataset import SAMPLE_PATH, read_dataset
     from sitenet.features import featurize
-    from sitenet.neighbours import FEATURE_NEIGHBOURS, nearest, write_index
     from sitenet.structure import read_crystal
-    from training.uncertainty import fit_uncertainty
+    from training.uncertainty import write_uncertainty
 
     data = read_dataset(SAMPLE_PATH).subset(np.arange(n_index + n_reference))
     crystals = [read_crystal(c) for c in data.cifs]
@@ -80,15 +79,11 @@ def write_tiny_index(folder: Path, model, *, n_index: int = 48, n_reference: int
         out = {k: v.numpy() for k, v in model(**{k: torch.as_tensor(v) for k, v in batch.inputs().items()}).items()}
     index, reference = slice(0, n_index), slice(n_index, None)
     labels = {t: np.asarray(v, dtype=np.float64) for t, v in data.targets.items()}
-    distances, positions = nearest(out["embedding"][index].astype(np.float16).astype(np.float32),
-                                   out["embedding"][reference], FEATURE_NEIGHBOURS)
-    sites = np.array([f.n_primitive for f in features])[reference]
-    fits = {t: fit_uncertainty(out[t][reference], labels[t][reference], distances, labels[t][index][positions], sites,
-                               out.get("metal_probability")[reference] if model.config.gated(t) else None)
-            for t in model.config.targets}
-    write_index(folder, out["embedding"][index], ids=[str(i) for i in data.ids[index]],
-                formulas=[c.formula for c in crystals[index]], labels={t: v[index] for t, v in labels.items()},
-                reference=out["embedding"][reference], uncertainty=fits)
+    write_uncertainty(folder, model.config, {k: v[index] for k, v in out.items()},
+                      {k: v[reference] for k, v in out.items()}, train_labels={t: v[index] for t, v in labels.items()},
+                      val_labels={t: v[reference] for t, v in labels.items()},
+                      val_sites=np.array([f.n_primitive for f in features])[reference],
+                      ids=[str(i) for i in data.ids[index]], formulas=[c.formula for c in crystals[index]])
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sitenet.config import RegressorConfig
 from sitenet.model import SiteNetRegressor
 from sitenet.neighbours import EPS, Z95, uncertainty_features
 from training.configs import DataConfig
@@ -69,6 +70,27 @@ def predict_rows(model: SiteNetRegressor, corpus: Corpus, rows: np.ndarray, data
     return out
 
 
+def write_uncertainty(output: Path, config: RegressorConfig, train: dict[str, np.ndarray], val: dict[str, np.ndarray],
+                      *, train_labels: dict[str, np.ndarray], val_labels: dict[str, np.ndarray], val_sites: np.ndarray,
+                      ids: list[str], formulas: list[str]) -> dict[str, dict[str, object]]:
+    """Fit each of ``config``'s targets' uncertainty on the validation crystals' outputs (``val``: output name ->
+    (V,...) arrays) and write the index of the training crystals' (``train``) embeddings with the fits into
+    ``output``. ``train_labels``: (M,) by target, every label to show beside a neighbour. Returns the fits."""
+    from sitenet.neighbours import FEATURE_NEIGHBOURS, nearest, write_index
+
+    # the fit reads each validation crystal's neighbours among the training crystals, as a new crystal's are read
+    stored = train["embedding"].astype(np.float16).astype(np.float32)  # as the index stores them
+    distances, positions = nearest(stored, val["embedding"], FEATURE_NEIGHBOURS)
+    fits = {}
+    for target in config.targets:
+        metal = val.get("metal_probability") if config.gated(target) else None
+        fits[target] = fit_uncertainty(val[target], val_labels[target], distances, train_labels[target][positions],
+                                       val_sites, metal)
+    write_index(output, train["embedding"], ids=ids, formulas=formulas, labels=train_labels,
+                reference=val["embedding"], uncertainty=fits)
+    return fits
+
+
 def add_uncertainty(source: str | Path, output: str | Path | None = None, *, data: DataConfig | None = None,
                     corpus: Corpus | None = None) -> Path:
     """Add the nearest-crystal index and the uncertainty fits to a fine-tuned model folder (``output``: a copy;
@@ -77,8 +99,6 @@ def add_uncertainty(source: str | Path, output: str | Path | None = None, *, dat
     Returns:
         The folder; ``uncertainty.json`` beside the index records what was fitted and measured on validation.
     """
-    from sitenet.neighbours import FEATURE_NEIGHBOURS, nearest, write_index
-
     source = Path(source)
     output = Path(output) if output is not None else source
     if output != source:
@@ -94,19 +114,13 @@ def add_uncertainty(source: str | Path, output: str | Path | None = None, *, dat
     val = predict_rows(model, corpus, splits.val, data)
     # every label the data set has, not only the model's targets: a neighbour's other properties inform too
     labels = {t: corpus.labels(t)[splits.train] for t in dict.fromkeys((*targets, *corpus.dataset.targets))}
-    # the fit reads each validation crystal's neighbours among the training crystals, as a new crystal's are read
-    stored = train["embedding"].astype(np.float16).astype(np.float32)  # as the index stores them
-    distances, positions = nearest(stored, val["embedding"], FEATURE_NEIGHBOURS)
-    fits = {}
-    for target in targets:
-        y = corpus.labels(target)[splits.val]
-        metal = val.get("metal_probability") if model.config.gated(target) else None
-        fits[target] = fit_uncertainty(val[target], y, distances, labels[target][positions],
-                                       corpus.sizes(splits.val)[:, 0], metal)
-        log.info("%s uncertainty: %s", target, fits[target])
-    ids = [str(i) for i in corpus.dataset.ids[splits.train]]
-    write_index(output, train["embedding"], ids=ids, formulas=[_formula(corpus, r) for r in splits.train],
-                labels=labels, reference=val["embedding"], uncertainty=fits)
+    fits = write_uncertainty(output, model.config, train, val, train_labels=labels,
+                             val_labels={t: corpus.labels(t)[splits.val] for t in targets},
+                             val_sites=corpus.sizes(splits.val)[:, 0],
+                             ids=[str(i) for i in corpus.dataset.ids[splits.train]],
+                             formulas=[_formula(corpus, r) for r in splits.train])
+    for target, fit in fits.items():
+        log.info("%s uncertainty: %s", target, fit)
     (output / "uncertainty.json").write_text(json.dumps({"source": str(source), "fits": fits}, indent=2) + "\n")
     return output
 
