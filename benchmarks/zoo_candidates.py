@@ -1,4 +1,4 @@
-"""Zoo v2 candidates side by side: validation MAE per target at each run's kept epoch (what the choice is made
+"""Zoo candidates side by side: validation MAE per target at each run's kept epoch (what the choice is made
 on), the held-out MAE of their ``sitenet evaluate`` files (reported, never used to choose) and the compute spent.
 
     .venv/bin/python benchmarks/zoo_candidates.py      # writes benchmarks/results/zoo_candidates.{json,md}
@@ -19,6 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 UNITS = {"band_gap": "eV", "formation_energy": "eV/atom"}
 DEFAULT_RUNS = (
+    "single band gap, DIM (epoch 98) init + element embedding, 100 epochs=runs/finetune-band-gap-v3:"
+    "benchmarks/results/zoo_v3_candidate_band-gap",
+    "single formation energy, DIM (epoch 98) init + element embedding, 100 epochs=runs/finetune-formation-energy-v3:"
+    "benchmarks/results/zoo_v3_candidate_formation-energy",
     "single band gap, DIM (epoch 12) init, 60 epochs=runs/finetune-band-gap-v2:"
     "benchmarks/results/zoo_v2_candidate_band-gap",
     "single formation energy, DIM (epoch 12) init, 60 epochs=runs/finetune-formation-energy-v2:"
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                       "held_out": held_out(str(REPO / stem), targets)})
     best = {t: min((r for r in table if t in r["validation_mae"]), key=lambda r: r["validation_mae"][t])["name"]
             for t in UNITS}
-    lines = ["# Zoo v2 candidates: chosen on validation, reported on the held-out split", "",
+    lines = ["# Zoo candidates: chosen on validation, reported on the held-out split", "",
              "Command: `python benchmarks/zoo_candidates.py`", "",
              "| candidate | target | kept epoch / run | validation MAE | held-out MAE | held-out non-metal MAE | "
              "held-out metal accuracy |", "|---|---|---|---|---|---|---|"]

@@ -15,7 +15,6 @@ result and raises the typed ``SiteNetError`` (``sitenet.errors``) when it is rej
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -125,17 +124,12 @@ def load_model(name: str | os.PathLike[str] | None = None, *, revision: str | No
         ModelLoadError: the model is missing, corrupt or not a SiteNet model.
         ProviderUnavailableError: ``providers="cuda"`` and CUDA cannot be used.
     """
-    from sitenet.errors import ModelLoadError
-    from sitenet.hub import resolve
+    from sitenet.hub import model_type, resolve
 
     if name is None:
         return SiteNetModel(Predictor.from_pretrained(revision=revision, providers=providers, threads=threads))
     folder = resolve(name, revision=revision)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{folder}: cannot read config.json: {err}") from None
-    encoder = folder if config.get("model_type") == "sitenet" else None
+    encoder = folder if model_type(folder) == "sitenet" else None
     return SiteNetModel(Predictor.from_pretrained(encoder, None, None, models=() if encoder else (folder,),
                                                   revision=revision, providers=providers, threads=threads))
 

@@ -31,24 +31,20 @@ def load_encoder(model: str = "sitenet-dim-mp2018", *, seed: int = 0):
     if model == "random":
         torch.manual_seed(seed)
         return SiteNetEncoder(SiteNetConfig()).eval()
-    from sitenet.hub import resolve
+    from sitenet.hub import model_type, resolve
 
     folder = resolve(model)
-    model_type = __import__("json").loads((folder / "config.json").read_text()).get("model_type")
-    if model_type == "sitenet-regressor":
+    if model_type(folder) == "sitenet-regressor":
         return SiteNetRegressor.from_pretrained(folder).encoder.eval()
     return SiteNetEncoder.from_pretrained(folder).eval()
 
 
 def _encoder_folder(model: str) -> Path | None:
     """The model's folder if it is an encoder with an ONNX graph (the torch-free path), else None."""
-    import json
-
-    from sitenet.hub import resolve
+    from sitenet.hub import model_type, resolve
 
     folder = resolve(model)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return folder if config.get("model_type") == "sitenet" and (folder / "model.onnx").is_file() else None
+    return folder if model_type(folder) == "sitenet" and (folder / "model.onnx").is_file() else None
 
 
 def embed_features(encoder, features: Sequence[CrystalFeatures], *, batch_size: int = 64) -> np.ndarray:

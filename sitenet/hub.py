@@ -345,6 +345,22 @@ def resolve(
     return folder
 
 
+def model_type(folder: str | os.PathLike[str]) -> str:
+    """The ``model_type`` of a model folder's config.json: ``sitenet`` (an encoder) or ``sitenet-regressor``.
+
+    Raises:
+        ModelLoadError: config.json is missing or unreadable, or names no SiteNet model type."""
+    path = Path(folder) / "config.json"
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ModelLoadError(f"{folder}: cannot read config.json: {err}") from None
+    if kind not in ("sitenet", "sitenet-regressor"):
+        raise ModelLoadError(f"{folder}: config.json has model_type {kind!r}, not a SiteNet model "
+                             "('sitenet' or 'sitenet-regressor')")
+    return kind
+
+
 def pull(
     repo_id: str,
     *,

@@ -76,7 +76,17 @@ def study_main(args: argparse.Namespace) -> int:
 
     _setup_logging()
     recipe = RECIPES / "study_quick.yaml" if args.quick else args.recipe
-    result = run_study(load_recipe(recipe, args.set or [], kind=StudyConfig))
+    cfg = load_recipe(recipe, args.set or [], kind=StudyConfig)
+    if args.rows:
+        import pandas as pd
+
+        from training.study import study_rows
+
+        ids, cifs = study_rows(cfg)
+        pd.DataFrame({"id": ids, "cif": cifs}).to_csv(args.rows, index=False)
+        print(json.dumps({"rows": len(ids), "output": args.rows}))
+        return 0
+    result = run_study(cfg)
     print(json.dumps({"runs": len(result["runs"]), "output": result["config"]["output"]}))
     return 0
 
@@ -160,6 +170,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("study", help="the label-masking study")
     p.add_argument("recipe", nargs="?", default=str(RECIPES / "study.yaml"))
     p.add_argument("--quick", action="store_true", help="the whole pipeline on the bundled sample")
+    p.add_argument("--rows", default=None, metavar="CSV", help="only write the id and CIF of every crystal the "
+                   "study reads (for an embedding_files entry computed elsewhere, e.g. CHGNet's) and stop")
     p.add_argument("--set", **overrides)
     p.set_defaults(func=study_main)
 

@@ -31,7 +31,8 @@ class DataConfig(_Frozen):
     cif_column: str = Field("cif", description="column of CIF texts")
     cache_root: str = Field("cache/features", description="feature cache root (sitenet.cache)")
     test_ids: str | None = Field(None, description="held-out id list; None: the committed data/splits/mp2018-test.txt")
-    val_fraction: float = Field(0.05, gt=0, lt=1, description="share of the training rows held for validation")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="share of the training rows held for validation; 0: "
+                                "none (fine-tuning then trains on every row and keeps the last epoch)")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="share of the rows held out for testing, seeded, for "
                                  "a data set with no committed test list (your own CSV); 0: the test_ids list")
     max_primitive: int | None = Field(50, ge=1, description="train only on crystals with P <= this (method's -u 50)")
@@ -99,6 +100,8 @@ class FinetuneConfig(_Frozen):
     init: str = Field("random", description="'random', a DIM model folder (pretrain output) or a zoo name")
     encoder: SiteNetConfig = Field(SiteNetConfig(activation="silu"), description="used only with init='random'")
     mode: Literal["full", "frozen"] = "full"
+    element_embedding: int = Field(0, ge=0, description="add a learned Z embedding this wide to an encoder that "
+                                   "has none (a DIM encoder), starting at zero weight so the pretrained function is kept")
     head_hidden: tuple[int, ...] = (64,)
     metal_classifier: bool = True
     units: dict[str, str] = Field(default_factory=dict, validate_default=True, description="unit of each target (filled in for the "
@@ -138,11 +141,12 @@ class FinetuneConfig(_Frozen):
 class StudyConfig(_Frozen):
     """The label-masking study (method.md D.3-D.5)."""
 
+    title: str = Field("mp2018", description="the data set's name in the plot")
     data: DataConfig = DataConfig(max_primitive=None)
     targets: tuple[Target, ...] = ("band_gap", "formation_energy")
     budgets: tuple[int, ...] = (50, 100, 250, 500, 1000)
     seeds_small: int = Field(5, ge=1, description="seeds for N <= 250")
-    seeds_large: int = Field(3, ge=1, description="seeds for N > 250")
+    seeds_large: int = Field(5, ge=1, description="seeds for N > 250")
     pretrain: PretrainConfig = PretrainConfig(trainer=TrainerConfig(max_epochs=2))
     encoder_dim: str | None = Field(None, description="domain-aware DIM encoder folder; None: pretrain one")
     encoder_standard: str | None = Field(None, description="standard-DIM encoder folder; None: pretrain one")
@@ -152,9 +156,21 @@ class StudyConfig(_Frozen):
         default_factory=dict, description="more frozen-embedding ablations: name -> overrides of ``pretrain`` "
         "(e.g. {'dim-lr1e-4': {'lr': 1.0e-4}}); each is pretrained with the dim-matched settings plus its "
         "overrides, on the same crystals")
+    encoders: dict[str, str] = Field(default_factory=dict, description="more frozen encoders: name -> encoder or "
+                                     "regressor folder / zoo name (e.g. an earlier DIM checkpoint)")
+    embedding_files: dict[str, str] = Field(default_factory=dict, description="precomputed embeddings: name -> .npz "
+                                            "with 'ids' and 'x' (e.g. CHGNet's, benchmarks/peers/chgnet_embeddings.py)")
     mlp_max_iter: int = Field(2000, ge=10, description="MLPRegressor iterations")
-    finetune: FinetuneConfig = FinetuneConfig(trainer=TrainerConfig(max_epochs=30, progress_bar=False), patience=8)
+    finetune: FinetuneConfig = Field(
+        FinetuneConfig(trainer=TrainerConfig(max_epochs=150, progress_bar=False), schedule="cosine"),
+        description="the fine-tuning protocol, identical for every init: trains on all N labels (no validation "
+        "carve, no early stopping) for trainer.max_epochs with this schedule, and keeps the last epoch")
+    min_steps: int = Field(600, ge=0, description="fine-tuning runs at least this many optimiser steps: small N "
+                           "gets more epochs than finetune.trainer.max_epochs (one batch per epoch at N <= batch size)")
     transfer: bool = Field(True, description="run the fine-tuning comparison (the expensive part)")
+    transfer_from: dict[str, str | dict[str, str]] = Field(
+        default_factory=dict, description="fine-tuning inits beside the DIM encoder and random init: name -> encoder "
+        "or regressor folder / zoo name, or {target: init} (e.g. the zoo model of the other target)")
     transfer_budgets: tuple[int, ...] | None = Field(None, description="budgets for transfer; None: all")
     transfer_seeds: int | None = Field(None, ge=1, description="cap on transfer seeds per budget")
     test_limit: int | None = Field(None, ge=1, description="score on at most this many test rows (seeded)")
@@ -167,9 +183,16 @@ class StudyConfig(_Frozen):
     def _check(self) -> "StudyConfig":
         if not self.budgets or min(self.budgets) < 2:
             raise ValueError(f"budgets must be >= 2, got {self.budgets}")
-        taken = {"dim", "dim-standard", "dim-matched", "random", "composition"} & set(self.pretrain_variants)
-        if taken:
-            raise ValueError(f"pretrain_variants may not reuse the names {sorted(taken)}")
+        named = [*self.pretrain_variants, *self.encoders, *self.embedding_files]
+        taken = {"dim", "dim-standard", "dim-matched", "random", "composition", "dim+composition"} & set(named)
+        if taken or len(set(named)) < len(named):
+            raise ValueError(f"pretrain_variants, encoders and embedding_files need distinct names, none of "
+                             f"dim, dim-standard, dim-matched, random, composition, dim+composition: got {named}")
+        if {"dim", "random"} & set(self.transfer_from):
+            raise ValueError("transfer_from may not name 'dim' or 'random': they always run")
+        for name, init in self.transfer_from.items():
+            if isinstance(init, dict) and set(self.targets) - set(init):
+                raise ValueError(f"transfer_from[{name!r}] names no init for {sorted(set(self.targets) - set(init))}")
         for overrides in self.pretrain_variants.values():  # fail early on a typo, sections included
             PretrainConfig.model_validate(merged(self.pretrain.model_dump(), overrides))
         return self

@@ -133,6 +133,8 @@ def make_splits(corpus: Corpus, cfg: DataConfig, *, target: str | Sequence[str] 
 
 def _carve(rows: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator):
     """Split rows into (train, val) by whole groups so that val holds about ``fraction`` of them (>= 1)."""
+    if fraction == 0:
+        return rows, rows[:0]
     if len(rows) < 2:
         raise ValueError(f"need at least 2 rows to carve a validation split, got {len(rows)}")
     unique, inverse = np.unique(groups, return_inverse=True)

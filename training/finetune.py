@@ -33,14 +33,35 @@ log = logging.getLogger(__name__)
 
 
 def load_encoder(init: str, config=None) -> SiteNetEncoder:
-    """'random' (needs ``config``), a model folder (``save_pretrained`` output) or a zoo name / Hub id."""
+    """'random' (needs ``config``), or an encoder or regressor folder / zoo name / Hub id (a regressor gives its
+    encoder: transfer from a model trained on another property)."""
     if init == "random":
         return SiteNetEncoder(config)
-    if Path(init).is_dir():
-        return SiteNetEncoder.from_pretrained(init)
-    from sitenet.hub import resolve
+    from sitenet.embed import load_encoder as pretrained
 
-    return SiteNetEncoder.from_pretrained(resolve(init))
+    return pretrained(init).train()
+
+
+def with_element_embedding(encoder: SiteNetEncoder, width: int, seed: int = 0) -> SiteNetEncoder:
+    """``encoder`` plus a learned embedding of Z (``width`` wide) in its site input, computing the same function.
+
+    A DIM encoder pretrained without one keeps every weight; the new input columns of the first site layer start
+    at zero, so fine-tuning starts from exactly the pretrained encoder and learns how far to use element identity
+    beyond the fixed element descriptors (composition decides much of formation energy and of metallicity)."""
+    if encoder.config.element_embedding:
+        raise ValueError(f"the encoder already has a {encoder.config.element_embedding}-wide element embedding")
+    wider = SiteNetEncoder(type(encoder.config).model_validate({**encoder.config.model_dump(), "element_embedding": width}))
+    state = encoder.state_dict()
+    first = next(k for k in state if k.startswith("site_embed.") and k.endswith(".weight"))
+    old = state[first]  # (D,F)
+    grown = torch.zeros(old.shape[0], old.shape[1] + width, dtype=old.dtype)  # (D,F+Z)
+    grown[:, : old.shape[1]] = old
+    state[first] = grown
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        state["species_embedding.weight"] = torch.randn(100, width) * 0.1  # (100,Z)
+    wider.load_state_dict(state, strict=True)
+    return wider
 
 
 def head_losses(raw: torch.Tensor, y: torch.Tensor, config: RegressorConfig,
@@ -186,6 +207,8 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
     data.prepare_data()
     data.setup()
     encoder = load_encoder(cfg.init, cfg.encoder)
+    if cfg.element_embedding and encoder.config.element_embedding != cfg.element_embedding:
+        encoder = with_element_embedding(encoder, cfg.element_embedding, cfg.seed)
     reg = RegressorConfig(encoder=encoder.config, targets=cfg.targets, units=cfg.units, head_hidden=cfg.head_hidden,
                           metal_classifier=cfg.metal_classifier)
     model = SiteNetRegressor.from_encoder(encoder, reg)
@@ -203,11 +226,13 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
                             config=cfg.model_dump(mode="json"), compile=cfg.trainer.compile,
                             loss_weights=dict(cfg.loss_weights))
     best = BestWeights("val/mae")
-    stop = ResumableEarlyStopping("val/mae", patience=cfg.patience, mode="min")
+    validated = len(data.splits.val) > 0  # no validation rows (val_fraction 0): a fixed schedule, last epoch kept
+    choosing = [best, ResumableEarlyStopping("val/mae", patience=cfg.patience, mode="min")] if validated else []
     checkpointing = loggers if checkpointing is None else checkpointing
     ckpt_dir = output / "checkpoints"
     saves = [LastCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every_n_steps)] if checkpointing else []
-    trainer = make_trainer(cfg.trainer, output, [best, stop, *saves, *callbacks], with_loggers=loggers,
+    trainer_cfg = cfg.trainer if validated else cfg.trainer.model_copy(update={"limit_val_batches": 0})
+    trainer = make_trainer(trainer_cfg, output, [*choosing, *saves, *callbacks], with_loggers=loggers,
                            checkpointing=checkpointing)  # False: no default ModelCheckpoint in the working dir
     last = ckpt_dir / "last.ckpt"
     resume = last if checkpointing and cfg.resume and last.exists() and not cfg.trainer.fast_dev_run else None
@@ -221,6 +246,6 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
         model.save_pretrained(output)
         (output / "training.json").write_text(json.dumps({
             "config": cfg.model_dump(mode="json"), "standardisation": {t: {"mean": m, "std": sd} for t, (m, sd) in scaling.items()},
-            "best_epoch": best.epoch, "best_val_mae": best.best, "epochs_run": trainer.current_epoch,
+            "best_epoch": best.epoch if validated else None, "best_val_mae": best.best if validated else None, "epochs_run": trainer.current_epoch,
             "splits": {k: int(len(getattr(data.splits, k))) for k in ("train", "val", "test")}}, indent=2))
     return output

@@ -26,7 +26,7 @@ from sitenet.batch import Batch, collate
 from sitenet.config import FORMAT_VERSION, SiteNetConfig
 from sitenet.errors import ModelLoadError
 from sitenet.features import FEATURIZER_VERSION, CrystalFeatures
-from sitenet.hub import ALLOWED_PATTERNS, verify_folder, write_manifest
+from sitenet.hub import ALLOWED_PATTERNS, model_type, verify_folder, write_manifest
 from sitenet.model import SiteNetEncoder, SiteNetRegressor, to_tensors
 from training.export import export_onnx, output_names, parity
 
@@ -248,11 +248,8 @@ def load_model(folder: str | Path) -> Model:
             f"{folder} is not a saved torch model folder: it needs config.json and model.safetensors "
             "(a Lightning .ckpt is not supported; save the module with save_pretrained first)"
         )
-    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
     classes = {"sitenet": SiteNetEncoder, "sitenet-regressor": SiteNetRegressor}
-    if model_type not in classes:
-        raise ModelLoadError(f"{folder}/config.json has model_type {model_type!r}; expected one of {sorted(classes)}")
-    return classes[model_type].from_pretrained(folder).eval()
+    return classes[model_type(folder)].from_pretrained(folder).eval()
 
 
 def _read_trained(folder: Path) -> bool:

@@ -1,18 +1,23 @@
 """The label-masking study (method.md D.3-D.5): how much do N labels buy with and without DIM pretraining?
 
 For N in the budgets, each target and several seeds, the same N labelled training rows are used by:
-  representation learning: frozen 64-d embeddings (DIM domain-aware, DIM standard, random init) and a
-      composition-only baseline (Magpie features of the formula, matminer: ``training.magpie``), each through the SAME
-      StandardScaler, then LinearRegression / MLPRegressor(64) / RandomForest (pitfall F.16);
-  transfer learning: full fine-tuning from DIM vs from random init (early-stopped on a validation carve).
+  representation learning: frozen features (DIM encoders, random init, Magpie composition features via matminer
+      (``training.magpie``), DIM + Magpie side by side, and precomputed ones such as CHGNet's), each through the
+      SAME StandardScaler, then LinearRegression / MLPRegressor(64) / RandomForest (pitfall F.16);
+  transfer learning: full fine-tuning from the DIM encoder, from random init and from any ``transfer_from`` init
+      (e.g. the model trained on all labels of the other target), all with one protocol: every one of the N
+      labels trains, for a fixed cosine schedule (``finetune.trainer.max_epochs``, at least ``min_steps``
+      optimiser steps), and the last epoch is scored. No validation carve and no early stopping: at N = 250 a 5%
+      carve is ~12 crystals, too few to choose an epoch, and it stopped runs at epochs 6-9 (issue 13).
 Scores are on the held-out scored rows. Outputs: ``<output>.json`` (every run, rewritten as runs finish),
-``<output>.md`` (mean ± std MAE per N / target / method) and ``<output>.png`` (MAE vs N, log x).
+``<output>.md`` (mean ± std MAE per N / target / method, and the DIM verdicts) and ``<output>.png``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import warnings
 from collections import defaultdict
@@ -58,9 +63,20 @@ def fit_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
 
 # ------------------------------------------------------------------------------------------------ the study
 def _encoder_names(cfg: StudyConfig) -> tuple[str, ...]:
-    """The learned embeddings the study compares ("random" and "composition" come on top)."""
+    """The learned embeddings the study pretrains or is given as DIM encoders (more come on top: ``repr_names``)."""
     return ("dim", "dim-standard", *(("dim-matched",) if cfg.matched_ablation and cfg.encoder_dim else ()),
             *cfg.pretrain_variants)
+
+
+def repr_names(cfg: StudyConfig) -> tuple[str, ...]:
+    """Every frozen representation the study fits regressors on."""
+    return (*_encoder_names(cfg), *cfg.encoders, "random", "composition", "dim+composition", *cfg.embedding_files)
+
+
+def transfer_inits(cfg: StudyConfig, target: str, dim_folder: str) -> dict[str, str]:
+    """Fine-tuning inits for ``target``: the DIM encoder, random init, then ``transfer_from``."""
+    extra = {name: init[target] if isinstance(init, dict) else init for name, init in cfg.transfer_from.items()}
+    return {"dim": dim_folder, "random": "random", **extra}
 
 
 def _encoders(cfg: StudyConfig, needed: set[str]) -> dict[str, str]:
@@ -75,7 +91,7 @@ def _encoders(cfg: StudyConfig, needed: set[str]) -> dict[str, str]:
             folders[name] = given[name]
         elif name in needed or name == "dim":
             folders[name] = str(pretrain(variant_config(cfg, name, negatives.get(name, "domain-aware"))))
-    return folders
+    return {**folders, **cfg.encoders}
 
 
 def variant_config(cfg: StudyConfig, name: str, negatives: str = "domain-aware") -> PretrainConfig:
@@ -98,6 +114,46 @@ def _transfer_draws(cfg: StudyConfig) -> list[tuple[int, int]]:
     return [(n, s) for n in budgets for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n)))]
 
 
+def epochs(cfg: StudyConfig, n: int) -> int:
+    """Fine-tuning epochs at N labels: ``finetune.trainer.max_epochs``, or more to reach ``min_steps``."""
+    return max(cfg.finetune.trainer.max_epochs, math.ceil(cfg.min_steps / math.ceil(n / cfg.data.batch_size)))
+
+
+def _test_rows(cfg: StudyConfig, corpus: Corpus, target: str) -> np.ndarray:
+    test = make_splits(corpus, cfg.data, target=target).test
+    if cfg.test_limit and len(test) > cfg.test_limit:
+        test = np.sort(np.random.default_rng(0).choice(test, cfg.test_limit, replace=False))
+    return test
+
+
+def study_rows(cfg: StudyConfig, corpus: Corpus | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, CIF texts) of every crystal the study reads (each target's test rows and all label draws): what an
+    ``embedding_files`` entry must cover."""
+    corpus = corpus or load_corpus(cfg.data)
+    rows = []
+    for target in cfg.targets:
+        rows.append(_test_rows(cfg, corpus, target))
+        for n, s in _draws(cfg):
+            split = make_splits(corpus, cfg.data, target=target, n_labels=n, seed=s)
+            rows += [split.train, split.val]
+    rows = np.unique(np.concatenate(rows))
+    return corpus.dataset.ids[rows], np.asarray(corpus.dataset.cifs, dtype=object)[rows]
+
+
+def embedding_file(path: str, ids: np.ndarray) -> np.ndarray:
+    """Rows of a precomputed embedding file (``ids``, ``x``) in the order of ``ids``.
+
+    Raises:
+        ValueError: ids the file lacks (named), so no crystal is silently dropped from a comparison."""
+    with np.load(path, allow_pickle=False) as f:
+        known = {str(i): k for k, i in enumerate(f["ids"])}
+        missing = [str(i) for i in ids if str(i) not in known]
+        if missing:
+            raise ValueError(f"{path} has no embedding for {len(missing)} crystal(s) the study needs, e.g. "
+                             f"{missing[:5]}; regenerate it from `sitenet study RECIPE --rows FILE`")
+        return np.asarray(f["x"], dtype=np.float64)[[known[str(i)] for i in ids]]
+
+
 def run_study(cfg: StudyConfig) -> dict:
     """Run the whole study and write ``<output>.{json,md,png}``. Returns the JSON content."""
     start = time.monotonic()
@@ -106,24 +162,23 @@ def run_study(cfg: StudyConfig) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     runs = _previous_runs(cfg, output) if cfg.resume else []
     done = {(r["target"], r["n_labels"], r["seed"], r["method"]) for r in runs}
-    names = (*_encoder_names(cfg), "random", "composition")
+    names = repr_names(cfg)
 
     def missing(target: str, n: int, s: int) -> list[str]:
         return [name for name in names if any((target, n, s, f"repr/{name}/{kind}") not in done
                                                 for kind in REGRESSORS)]
 
     corpus = load_corpus(cfg.data)
-    folders = _encoders(cfg, {name for t in cfg.targets for n, s in _draws(cfg) for name in missing(t, n, s)})
+    needed_names = {name for t in cfg.targets for n, s in _draws(cfg) for name in missing(t, n, s)}
+    if "dim+composition" in needed_names:
+        needed_names |= {"dim", "composition"}
+    folders = _encoders(cfg, needed_names)
     torch.manual_seed(0)
-    encoders = {name: load_encoder(folder) for name, folder in folders.items()}
+    encoders = {name: load_encoder(folder).eval() for name, folder in folders.items()}
     encoders["random"] = SiteNetEncoder(encoders["dim"].config)  # same architecture, untrained
     result = {"config": cfg.model_dump(mode="json"), "encoders": folders, "runs": runs}
-    tests, labels = {}, {}
-    for target in cfg.targets:
-        test = make_splits(corpus, cfg.data, target=target).test
-        if cfg.test_limit and len(test) > cfg.test_limit:
-            test = np.sort(np.random.default_rng(0).choice(test, cfg.test_limit, replace=False))
-        tests[target], labels[target] = test, corpus.labels(target)
+    tests = {target: _test_rows(cfg, corpus, target) for target in cfg.targets}
+    labels = {target: corpus.labels(target) for target in cfg.targets}
 
     # representation learning: only the label draws with a missing run (a resumed study) are embedded and fitted
     for target in cfg.targets:
@@ -133,11 +188,18 @@ def run_study(cfg: StudyConfig) -> dict:
         if not draws:
             continue
         wanted = {name for n, s in draws for name in missing(target, n, s)}
+        if "dim+composition" in wanted:
+            wanted |= {"dim", "composition"}
         needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
         index = {int(r): k for k, r in enumerate(needed)}
         features = {name: embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items() if name in wanted}
         if "composition" in wanted:
             features["composition"] = magpie_features(corpus, needed)  # the baseline users run
+        if "dim+composition" in wanted:
+            features["dim+composition"] = np.hstack([features["dim"], features["composition"]])
+        for name, path in cfg.embedding_files.items():
+            if name in wanted:
+                features[name] = embedding_file(path, corpus.dataset.ids[needed])
         x_test_rows = [index[int(r)] for r in test]
         for (n, s), split in draws.items():
             rows = np.concatenate([split.train, split.val])  # representation learning uses all N labels
@@ -154,15 +216,18 @@ def run_study(cfg: StudyConfig) -> dict:
             _write(result, output, start)
             log.info("%s N=%d seed=%d: representation runs done (%.0f s)", target, n, s, time.monotonic() - start)
 
-    # transfer learning, the expensive part: ordered by budget and seed, so an interrupted study is balanced
+    # transfer learning, the expensive part: ordered by budget and seed, so an interrupted study is balanced.
+    # Every init gets the same protocol: all N labels, a fixed schedule, the last epoch (no validation carve).
+    data = cfg.data.model_copy(update={"val_fraction": 0.0})
     for n, s in _transfer_draws(cfg):
         for target in cfg.targets:
-            for init_name, init in (("dim", folders["dim"]), ("random", "random")):
+            for init_name, init in transfer_inits(cfg, target, folders["dim"]).items():
                 if (target, n, s, f"transfer/{init_name}/finetune") in done:
                     continue
                 fcfg = cfg.finetune.model_copy(update={
                     "targets": (target,), "init": init, "encoder": encoders["dim"].config, "n_labels": n,
-                    "seed": s, "data": cfg.data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
+                    "trainer": cfg.finetune.trainer.model_copy(update={"max_epochs": epochs(cfg, n)}),
+                    "seed": s, "data": data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
                 folder = finetune(fcfg, corpus=corpus, loggers=False)
                 model = SiteNetRegressor.from_pretrained(str(folder))
                 pred = predict(model, corpus, tests[target], cfg.data, target)
@@ -175,13 +240,13 @@ def run_study(cfg: StudyConfig) -> dict:
     return result
 
 
-# changing these only adds or drops runs (transfer runs, a variant's embedding runs); shared runs stay valid
-_ADDITIVE = ("transfer_budgets", "transfer_seeds", "pretrain_variants")
+# changing these only adds or drops runs (transfer runs, an embedding's runs); shared runs stay valid
+_ADDITIVE = ("transfer_budgets", "transfer_seeds", "pretrain_variants", "encoders", "embedding_files", "transfer_from")
 
 
 def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
     """Runs of an earlier study with the same settings (``resume``), else none. Settings that only add or drop
-    transfer runs may differ: the runs the new settings still plan are kept."""
+    runs may differ: the runs the new settings still plan, with unchanged definitions, are kept."""
     path = output.with_suffix(".json")
     if not path.exists():
         return []
@@ -193,13 +258,19 @@ def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
         log.info("%s was written with other settings: starting afresh", path)
         return []
     planned = set(_transfer_draws(cfg))
-    before = previous["config"].get("pretrain_variants", {})
-    stale = {name for name in before if cfg.pretrain_variants.get(name) != before[name]}  # dropped or changed
+
+    def stale(key: str) -> set[str]:  # names whose definition was dropped or changed
+        before, now = previous["config"].get(key, {}), getattr(cfg, key)
+        return {name for name in before if now.get(name) != before[name]}
+
+    stale_repr = stale("pretrain_variants") | stale("encoders") | stale("embedding_files")
+    stale_init = stale("transfer_from")
 
     def keep(r: dict) -> bool:
-        if r["method"].startswith("transfer/"):
-            return (r["n_labels"], r["seed"]) in planned
-        return r["method"].split("/")[1] not in stale
+        kind, name, _ = r["method"].split("/")
+        if kind == "transfer":
+            return (r["n_labels"], r["seed"]) in planned and name not in stale_init
+        return name not in stale_repr
 
     kept = [r for r in previous["runs"] if keep(r)]
     log.info("resuming: %d of %d runs kept from %s", len(kept), len(previous["runs"]), path)
@@ -215,8 +286,9 @@ def _write(result: dict, output: Path, start: float, *, final: bool = False) -> 
     result["complete"] = final
     output.with_suffix(".json").write_text(json.dumps(result, indent=2))
     summary = summarise(result["runs"])
-    output.with_suffix(".md").write_text(markdown(summary, complete=final, config=result["config"]))
-    plot(summary, output.with_suffix(".png"))
+    units = {**result["config"]["finetune"].get("units", {}), **UNITS}
+    output.with_suffix(".md").write_text(markdown(summary, complete=final, config=result["config"], units=units))
+    plot(summary, output.with_suffix(".png"), units=units, title=result["config"].get("title", ""))
 
 
 def summarise(runs: list[dict]) -> dict[tuple[str, str, int], tuple[float, float, int]]:
@@ -227,72 +299,93 @@ def summarise(runs: list[dict]) -> dict[tuple[str, str, int], tuple[float, float
     return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in sorted(groups.items())}
 
 
-def markdown(summary: dict, *, complete: bool, config: dict | None = None) -> str:
-    """One table per target: methods as rows, budgets as columns, 'mean ± std (seeds)' MAE; then the settings."""
+def best_dim(summary: dict, target: str, n: int) -> tuple[str, float] | None:
+    """The DIM-based method with the lowest mean MAE at (target, N): (method, MAE)."""
+    rows = [(v[0], k[1]) for k, v in summary.items() if k[0] == target and k[2] == n and _is_dim(k[1])]
+    return (min(rows)[1], min(rows)[0]) if rows else None
+
+
+def _is_dim(method: str) -> bool:
+    name = method.split("/")[1]
+    return name == "dim" or name == "dim+composition"
+
+
+def markdown(summary: dict, *, complete: bool, config: dict | None = None, units: dict[str, str] | None = None) -> str:
+    """One table per target: methods as rows, budgets as columns, 'mean ± std (seeds)' MAE; then the verdicts
+    (DIM against random init at the same protocol, and the best DIM-based method against Magpie + RF)."""
+    units = units or UNITS
     lines = ["# Label-masking study: held-out MAE (mean ± std over seeds)", ""]
     if config is not None:
-        lines += ["Produced by `sitenet study training/recipes/study.yaml` (training/study.py); every run and the full "
-                  "resolved settings are in the JSON file beside this one. Methods: `repr/<embedding>/<regressor>` fits "
-                  "a regressor on frozen embeddings (identical StandardScaler for all); `transfer/<init>/finetune` "
-                  "fine-tunes the whole model. Embeddings: `dim` = the zoo encoder, `dim-matched` / `dim-standard` = "
-                  "domain-aware / standard negatives pretrained with identical settings, `random` = untrained, "
-                  "`composition` = Magpie features of the formula (matminer); any other embedding is a "
-                  "`pretrain_variants` entry: the dim-matched settings with the overrides listed below.", "",
+        lines += ["Produced by `sitenet study <recipe>` (training/study.py); every run and the full resolved settings "
+                  "are in the JSON file beside this one. Methods: `repr/<embedding>/<regressor>` fits a regressor on "
+                  "frozen features (identical StandardScaler for all); `transfer/<init>/finetune` fine-tunes the "
+                  "whole model on all N labels for a fixed schedule and keeps the last epoch (no validation carve, "
+                  "no early stopping: the same for every init). Features: `dim` = the long-pretrained DIM encoder, "
+                  "`dim-matched` / `dim-standard` = domain-aware / standard negatives pretrained with identical "
+                  "(short) settings, `random` = untrained, `composition` = Magpie features of the formula "
+                  "(matminer), `dim+composition` = both side by side; other names are given in the settings.", "",
                   "Settings: " + json.dumps({k: config[k] for k in ("budgets", "seeds_small", "seeds_large",
                                                                      "transfer_budgets", "transfer_seeds",
-                                                                     "pretrain_variants")
+                                                                     "pretrain_variants", "encoders",
+                                                                     "embedding_files", "transfer_from")
                                              if k in config}), ""]
     if not complete:
         lines += ["**Partial results: the study is still running or was interrupted.**", ""]
     for target in sorted({k[0] for k in summary}):
         budgets = sorted({k[2] for k in summary if k[0] == target})
         methods = sorted({k[1] for k in summary if k[0] == target})
-        lines += [f"## {target} ({UNITS[target]})", "", "| method | " + " | ".join(f"N={n}" for n in budgets) + " |",
-                  "|---|" + "---|" * len(budgets)]
+        lines += [f"## {target} ({units.get(target, '?')})", "",
+                  "| method | " + " | ".join(f"N={n}" for n in budgets) + " |", "|---|" + "---|" * len(budgets)]
         for m in methods:
             cells = [f"{summary[(target, m, n)][0]:.3f} ± {summary[(target, m, n)][1]:.3f} ({summary[(target, m, n)][2]})"
                      if (target, m, n) in summary else "–" for n in budgets]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", "| N | fine-tuned from DIM vs random (MAE change) | best DIM-based method | Magpie + RF | "
+                  "best DIM-based vs Magpie |", "|---|---|---|---|---|"]
+        for n in budgets:
+            dim, rnd = summary.get((target, "transfer/dim/finetune", n)), summary.get((target, "transfer/random/finetune", n))
+            magpie = summary.get((target, "repr/composition/rf", n))
+            best = best_dim(summary, target, n)
+            change = f"{100 * (dim[0] / rnd[0] - 1):+.1f}%" if dim and rnd else "–"
+            versus = f"{100 * (best[1] / magpie[0] - 1):+.1f}%" if best and magpie else "–"
+            lines.append(f"| {n} | {change} | {f'{best[0]} {best[1]:.3f}' if best else '–'} | "
+                         f"{f'{magpie[0]:.3f}' if magpie else '–'} | {versus} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(summary: dict, path: Path) -> None:
-    """MAE vs N (log x): per target, frozen embeddings + random forest on the left (every regressor is in the
-    table), transfer learning on the right with the composition forest as the reference line."""
+def plot(summary: dict, path: Path, *, units: dict[str, str] | None = None, title: str = "") -> None:
+    """MAE vs N (log x), one panel per target: fine-tuning from each init (solid), and frozen features with a
+    random forest (dotted: Magpie composition, DIM, DIM + composition, and any other embedding). Every regressor
+    is in the table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    units = units or UNITS
     targets = sorted({k[0] for k in summary})
     if not targets:
         return
-    names = sorted({k[1].split("/")[1] for k in summary if k[1].startswith("repr/")})
-    colours = {name: f"C{k % 10}" for k, name in enumerate(names)}
-    fig, axes = plt.subplots(len(targets), 2, figsize=(12, 4.2 * len(targets)), squeeze=False, sharey="row")
-
-    def line(ax, target: str, method: str, label: str, **style) -> None:
-        pts = sorted((k[2], v) for k, v in summary.items() if k[0] == target and k[1] == method)
-        if pts:
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.6), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        methods = sorted({k[1] for k in summary if k[0] == target})
+        shown = [m for m in methods if m.startswith("transfer/")] + \
+                [m for m in methods if m.startswith("repr/") and m.endswith("/rf")
+                 and m.split("/")[1] not in ("dim-standard", "dim-matched", "random")]
+        for k, method in enumerate(shown):
+            pts = sorted((key[2], v) for key, v in summary.items() if key[0] == target and key[1] == method)
+            label = method.replace("transfer/", "fine-tuned from ").replace("/finetune", "").replace("repr/", "")
+            label = label.replace("/rf", " + RF").replace("composition", "Magpie")
             ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], marker="o", ms=3,
-                        capsize=2, lw=1.2, label=label, **style)
-
-    for row, target in zip(axes, targets):
-        for name in names:
-            line(row[0], target, f"repr/{name}/rf", name, color=colours[name])
-        line(row[1], target, "repr/composition/rf", "composition + RF (reference)", color=colours.get("composition"),
-             ls=":")
-        for init, style in (("dim", "-"), ("random", "--")):
-            line(row[1], target, f"transfer/{init}/finetune", f"fine-tuned from {init}", ls=style,
-                 color=colours.get(init, "k"))
-        for ax, title in zip(row, ("frozen embedding + random forest", "transfer learning (full fine-tuning)")):
-            ax.set_xscale("log")
-            ax.set_xlabel("labelled training crystals N")
-            ax.set_ylabel(f"{target}: held-out MAE ({UNITS[target]})")
-            ax.set_title(f"{target}: {title}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+                        capsize=2, lw=1.4, label=label, color=f"C{k % 10}",
+                        ls="-" if method.startswith("transfer/") else ":")
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training crystals N")
+        ax.set_ylabel(f"held-out MAE ({units.get(target, '?')})")
+        ax.set_title(f"{title + ': ' if title else ''}{target}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

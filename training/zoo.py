@@ -45,7 +45,7 @@ ENCODER_NAME = "sitenet-dim-mp2018"
 DEFAULT_ENCODER = "runs/dim-mp2018/encoder"  # the DIM run at its best validation DIM loss (epoch 98 of 100)
 #: The single-target models won on validation (benchmarks/results/zoo_candidates.md) and are the service's
 #: default; the multi-task model serves both targets in one pass, for those who want speed over accuracy.
-DEFAULT_REGRESSORS: tuple[str, ...] = ("runs/finetune-band-gap-v2", "runs/finetune-formation-energy-v2",
+DEFAULT_REGRESSORS: tuple[str, ...] = ("runs/finetune-band-gap-v3", "runs/finetune-formation-energy-v3",
                                        "runs/finetune-multitask-fe3")
 #: The targets of each regressor the zoo ships (the random placeholders have the same layout).
 LAYOUT: tuple[tuple[str, ...], ...] = (("band_gap",), ("formation_energy",), ("band_gap", "formation_energy"))

@@ -384,3 +384,18 @@ def test_pull_into_fresh_cache_then_resolve_offline_in_new_processes(
     assert "not in the local cache" in offline["error"] and "HF_HUB_OFFLINE=1" in offline["error"]
     assert offline["seconds"] < 5.0
     assert len(online_hub.requests) == served, "offline mode must not contact the Hub"
+
+
+def test_a_folder_that_is_not_a_sitenet_model_is_named_with_its_model_type(tmp_path):
+    import sitenet
+    from sitenet.errors import ModelLoadError
+    from sitenet.hub import model_type
+
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelLoadError, match="model_type 'bert', not a SiteNet model"):
+        model_type(tmp_path)
+    with pytest.raises(ModelLoadError, match="not a SiteNet model"):
+        sitenet.load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot read config.json"):
+        model_type(tmp_path)

@@ -84,3 +84,26 @@ def test_multitask_loss_is_the_sum_of_the_single_target_losses(make_batch, tiny_
         one = {**batch, "target": batch["target"][:, j]}
         total = total + FinetuneModule(single, lr=1e-3, weight_decay=0.0, scaling={target: scaling[target]})._losses(one)[0]
     torch.testing.assert_close(both, total)
+
+
+def test_adding_an_element_embedding_keeps_the_pretrained_function_and_then_learns(make_batch, tiny_config):
+    from sitenet.model import SiteNetEncoder
+    from training.finetune import with_element_embedding
+
+    torch.manual_seed(2)
+    encoder = SiteNetEncoder(tiny_config)
+    wider = with_element_embedding(encoder, 5)
+    assert wider.config.element_embedding == 5 and wider.species_embedding.weight.shape == (100, 5)
+    batch = make_batch(range(4))
+    inputs = {k: batch[k] for k in INPUTS}
+    with torch.no_grad():
+        torch.testing.assert_close(wider(**inputs).embedding, encoder(**inputs).embedding)
+    wider(**inputs).embedding.pow(2).sum().backward()
+    first = wider.site_embed[0].weight.grad  # (D,F+Z): the new columns get gradient, so Z is learned
+    assert first[:, -5:].abs().sum() > 0
+    try:
+        with_element_embedding(wider, 3)
+    except ValueError as err:
+        assert "already has a 5-wide element embedding" in str(err)
+    else:
+        raise AssertionError("an encoder with an embedding was widened again")

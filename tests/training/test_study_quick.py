@@ -17,10 +17,14 @@ def test_study_quick_end_to_end(tmp_path, sample_store, sample_cache):
     result = json.loads((tmp_path / "label_masking.json").read_text())
     assert result["complete"]
     methods = {r["method"] for r in result["runs"]}
-    for name in ("dim", "dim-standard", "random", "composition"):
+    for name in ("dim", "dim-standard", "random", "composition", "dim+composition"):
         assert f"repr/{name}/rf" in methods
-    assert {"transfer/dim/finetune", "transfer/random/finetune"} <= methods
+    assert {"transfer/dim/finetune", "transfer/random/finetune", "transfer/other-target/finetune"} <= methods
     assert {r["target"] for r in result["runs"]} == {"band_gap", "formation_energy"}
+    # the protocol: all N labels train (no validation carve), the last epoch is kept
+    record = json.loads((tmp_path / "work" / "ft-band_gap-dim-50-0" / "training.json").read_text())
+    assert record["splits"]["train"] == 50 and record["splits"]["val"] == 0
+    assert record["best_epoch"] is None and record["config"]["trainer"]["max_epochs"] == 3
     assert (tmp_path / "label_masking.png").stat().st_size > 0
     assert "± " in (tmp_path / "label_masking.md").read_text()
 
@@ -40,6 +44,7 @@ def test_study_resume_adds_transfer_runs_and_keeps_the_rest(tmp_path, sample_sto
     assert second[:len(first)] == first
     added = second[len(first):]
     assert sorted((r["seed"], r["method"]) for r in added) == [(1, "transfer/dim/finetune"),
+                                                               (1, "transfer/other-target/finetune"),
                                                                (1, "transfer/random/finetune")]
 
     run_study(load_recipe(RECIPES / "study_quick.yaml", [*base, "transfer_seeds=1"], kind=StudyConfig))
@@ -59,3 +64,35 @@ def test_study_resume_adds_transfer_runs_and_keeps_the_rest(tmp_path, sample_sto
 
     run_study(load_recipe(RECIPES / "study_quick.yaml", [*base, "mlp_max_iter=50"], kind=StudyConfig))
     assert (tmp_path / "work" / "pretrain-dim-standard").exists()  # a changed setting starts afresh
+
+
+def test_precomputed_embeddings_join_by_id_and_a_missing_crystal_is_named(tmp_path, sample_store, sample_cache):
+    """``--rows`` lists every crystal the study reads; an embedding file covering them is fitted like any other
+    feature set, and one lacking a crystal is refused with its id (nothing silently dropped)."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from training.cli import main as cli
+    from training.study import embedding_file
+
+    base = [f"data.cache_root={sample_cache}", f"output={tmp_path / 'lm'}", f"work={tmp_path / 'work'}",
+            "targets=[formation_energy]", "transfer=false"]
+    rows = tmp_path / "rows.csv"
+    assert cli(["study", str(RECIPES / "study_quick.yaml"), "--rows", str(rows), *[a for o in base for a in ("--set", o)]]) == 0
+    frame = pd.read_csv(rows, dtype={"id": str})
+    assert len(frame) > 50 and frame["cif"].str.contains("_cell_length_a").all()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "e.npz", ids=frame["id"].to_numpy(dtype=str)[::-1], x=rng.normal(size=(len(frame), 3)))
+    got = embedding_file(str(tmp_path / "e.npz"), frame["id"].to_numpy()[:4])
+    with np.load(tmp_path / "e.npz") as f:
+        np.testing.assert_array_equal(got, f["x"][::-1][:4])  # joined by id, not by position
+    cfg = load_recipe(RECIPES / "study_quick.yaml", [*base, f"embedding_files={{noise: {tmp_path / 'e.npz'}}}"],
+                      kind=StudyConfig)
+    run_study(cfg)
+    methods = {r["method"] for r in json.loads((tmp_path / "lm.json").read_text())["runs"]}
+    assert {"repr/noise/rf", "repr/noise/mlp", "repr/noise/linear"} <= methods
+
+    np.savez(tmp_path / "short.npz", ids=frame["id"].to_numpy(dtype=str)[1:], x=rng.normal(size=(len(frame) - 1, 3)))
+    with pytest.raises(ValueError, match=f"no embedding for 1 crystal.*{frame['id'][0]}"):
+        embedding_file(str(tmp_path / "short.npz"), frame["id"].to_numpy())
