@@ -86,6 +86,12 @@ def study_main(args: argparse.Namespace) -> int:
         pd.DataFrame({"id": ids, "cif": cifs}).to_csv(args.rows, index=False)
         print(json.dumps({"rows": len(ids), "output": args.rows}))
         return 0
+    if args.report:
+        from training.study import report
+
+        result = report(cfg)
+        print(json.dumps({"runs": len(result["runs"]), "complete": result["complete"], "output": cfg.output}))
+        return 0
     result = run_study(cfg)
     print(json.dumps({"runs": len(result["runs"]), "output": result["config"]["output"]}))
     return 0
@@ -172,6 +178,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="the whole pipeline on the bundled sample")
     p.add_argument("--rows", default=None, metavar="CSV", help="only write the id and CIF of every crystal the "
                    "study reads (for an embedding_files entry computed elsewhere, e.g. CHGNet's) and stop")
+    p.add_argument("--report", action="store_true", help="only rewrite <output>.md and .png from <output>.json "
+                   "(a running or interrupted study)")
     p.add_argument("--set", **overrides)
     p.set_defaults(func=study_main)
 

@@ -285,10 +285,19 @@ def _write(result: dict, output: Path, start: float, *, final: bool = False) -> 
     result["elapsed_seconds"] = time.monotonic() - start
     result["complete"] = final
     output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    report(StudyConfig.model_validate(result["config"]))
+
+
+def report(cfg: StudyConfig) -> dict:
+    """Rewrite ``<output>.md`` and ``.png`` from ``<output>.json`` as it stands (a running or stopped study)."""
+    output = Path(cfg.output)
+    result = json.loads(output.with_suffix(".json").read_text())
     summary = summarise(result["runs"])
     units = {**result["config"]["finetune"].get("units", {}), **UNITS}
-    output.with_suffix(".md").write_text(markdown(summary, complete=final, config=result["config"], units=units))
+    output.with_suffix(".md").write_text(markdown(summary, complete=result["complete"], config=result["config"],
+                                                  units=units))
     plot(summary, output.with_suffix(".png"), units=units, title=result["config"].get("title", ""))
+    return result
 
 
 def summarise(runs: list[dict]) -> dict[tuple[str, str, int], tuple[float, float, int]]:
@@ -306,8 +315,8 @@ def best_dim(summary: dict, target: str, n: int) -> tuple[str, float] | None:
 
 
 def _is_dim(method: str) -> bool:
-    name = method.split("/")[1]
-    return name == "dim" or name == "dim+composition"
+    """Whether a method uses a DIM-pretrained encoder (any of them, alone or beside Magpie)."""
+    return method.split("/")[1].startswith("dim")
 
 
 def markdown(summary: dict, *, complete: bool, config: dict | None = None, units: dict[str, str] | None = None) -> str:
