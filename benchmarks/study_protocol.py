@@ -39,11 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import load_corpus, make_splits
     from training.evaluate import metrics, predict
     from training.finetune import finetune, load_encoder
-    from training.study import epochs
+    from training.study import epochs, transfer_config
 
     cfg = load_recipe(args.recipe, [], kind=StudyConfig)
     corpus = load_corpus(cfg.data)
-    data = cfg.data.model_copy(update={"val_fraction": 0.0})
     dim_config = load_encoder(cfg.encoder_dim).config
     plan = [(t, n, f, init) for t in args.targets for n in args.budgets for f in args.factors
             for init in ("dim", "random")]
@@ -54,11 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         rest = np.setdiff1d(np.concatenate([pool.train, pool.val]), np.concatenate([draw.train, draw.val]))
         probe = np.sort(np.random.default_rng(1).choice(rest, min(args.probe, len(rest)), replace=False))
         n_epochs = max(1, round(factor * epochs(cfg, n)))
-        fcfg = cfg.finetune.model_copy(update={
-            "targets": (target,), "init": cfg.encoder_dim if init == "dim" else "random", "encoder": dim_config,
-            "n_labels": n, "seed": 0, "data": data,
-            "trainer": cfg.finetune.trainer.model_copy(update={"max_epochs": n_epochs}),
-            "output": str(REPO / "runs" / "study-protocol" / f"{target}-{init}-{n}-{n_epochs}")})
+        fcfg = transfer_config(cfg, target, cfg.encoder_dim if init == "dim" else "random", dim_config, n, 0,
+                               str(REPO / "runs" / "study-protocol" / f"{target}-{init}-{n}-{n_epochs}"), n_epochs)
         model = SiteNetRegressor.from_pretrained(str(finetune(fcfg, corpus=corpus, loggers=False)))
         y = corpus.labels(target)[probe]
         m = metrics(target, y, predict(model, corpus, probe, cfg.data, target))

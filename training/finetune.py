@@ -246,6 +246,7 @@ def finetune(cfg: FinetuneConfig, *, corpus: Corpus | None = None, loggers: bool
         model.save_pretrained(output)
         (output / "training.json").write_text(json.dumps({
             "config": cfg.model_dump(mode="json"), "standardisation": {t: {"mean": m, "std": sd} for t, (m, sd) in scaling.items()},
-            "best_epoch": best.epoch if validated else None, "best_val_mae": best.best if validated else None, "epochs_run": trainer.current_epoch,
+            "best_epoch": best.epoch if validated else None, "best_val_mae": best.best if validated else None,
+            "epochs_run": trainer.current_epoch,
             "splits": {k: int(len(getattr(data.splits, k))) for k in ("train", "val", "test")}}, indent=2))
     return output

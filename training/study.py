@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sitenet.config import UNITS
+from sitenet.config import UNITS, SiteNetConfig
 from sitenet.model import SiteNetEncoder, SiteNetRegressor
-from training.configs import PretrainConfig, StudyConfig, merged
+from training.configs import FinetuneConfig, PretrainConfig, StudyConfig, merged
 from training.data import Corpus, load_corpus, make_splits
 from training.evaluate import metrics, predict
 from training.finetune import finetune, load_encoder
@@ -114,6 +114,21 @@ def _transfer_draws(cfg: StudyConfig) -> list[tuple[int, int]]:
     return [(n, s) for n in budgets for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n)))]
 
 
+def _with_parts(names: set[str]) -> set[str]:
+    """``names`` plus the features a combined one is built from."""
+    return names | {"dim", "composition"} if "dim+composition" in names else names
+
+
+def transfer_config(cfg: StudyConfig, target: str, init: str, encoder: SiteNetConfig, n: int, seed: int, output: str,
+                    max_epochs: int | None = None) -> FinetuneConfig:
+    """The study's fine-tuning run: the protocol (all N labels, no validation carve, ``epochs(cfg, n)`` unless
+    ``max_epochs`` says otherwise, the last epoch kept) for one target, init and label draw."""
+    return cfg.finetune.model_copy(update={
+        "targets": (target,), "init": init, "encoder": encoder, "n_labels": n, "seed": seed, "output": output,
+        "data": cfg.data.model_copy(update={"val_fraction": 0.0}),
+        "trainer": cfg.finetune.trainer.model_copy(update={"max_epochs": max_epochs or epochs(cfg, n)})})
+
+
 def epochs(cfg: StudyConfig, n: int) -> int:
     """Fine-tuning epochs at N labels: ``finetune.trainer.max_epochs``, or more to reach ``min_steps``."""
     return max(cfg.finetune.trainer.max_epochs, math.ceil(cfg.min_steps / math.ceil(n / cfg.data.batch_size)))
@@ -169,9 +184,7 @@ def run_study(cfg: StudyConfig) -> dict:
                                                 for kind in REGRESSORS)]
 
     corpus = load_corpus(cfg.data)
-    needed_names = {name for t in cfg.targets for n, s in _draws(cfg) for name in missing(t, n, s)}
-    if "dim+composition" in needed_names:
-        needed_names |= {"dim", "composition"}
+    needed_names = _with_parts({name for t in cfg.targets for n, s in _draws(cfg) for name in missing(t, n, s)})
     folders = _encoders(cfg, needed_names)
     torch.manual_seed(0)
     encoders = {name: load_encoder(folder).eval() for name, folder in folders.items()}
@@ -187,9 +200,7 @@ def run_study(cfg: StudyConfig) -> dict:
                  for n, s in _draws(cfg) if missing(target, n, s)}
         if not draws:
             continue
-        wanted = {name for n, s in draws for name in missing(target, n, s)}
-        if "dim+composition" in wanted:
-            wanted |= {"dim", "composition"}
+        wanted = _with_parts({name for n, s in draws for name in missing(target, n, s)})
         needed = np.unique(np.concatenate([test, *[np.concatenate([d.train, d.val]) for d in draws.values()]]))
         index = {int(r): k for k, r in enumerate(needed)}
         features = {name: embed(enc, corpus, needed, cfg.data) for name, enc in encoders.items() if name in wanted}
@@ -218,16 +229,13 @@ def run_study(cfg: StudyConfig) -> dict:
 
     # transfer learning, the expensive part: ordered by budget and seed, so an interrupted study is balanced.
     # Every init gets the same protocol: all N labels, a fixed schedule, the last epoch (no validation carve).
-    data = cfg.data.model_copy(update={"val_fraction": 0.0})
     for n, s in _transfer_draws(cfg):
         for target in cfg.targets:
             for init_name, init in transfer_inits(cfg, target, folders["dim"]).items():
                 if (target, n, s, f"transfer/{init_name}/finetune") in done:
                     continue
-                fcfg = cfg.finetune.model_copy(update={
-                    "targets": (target,), "init": init, "encoder": encoders["dim"].config, "n_labels": n,
-                    "trainer": cfg.finetune.trainer.model_copy(update={"max_epochs": epochs(cfg, n)}),
-                    "seed": s, "data": data, "output": str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}")})
+                fcfg = transfer_config(cfg, target, init, encoders["dim"].config, n, s,
+                                       str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}"))
                 folder = finetune(fcfg, corpus=corpus, loggers=False)
                 model = SiteNetRegressor.from_pretrained(str(folder))
                 pred = predict(model, corpus, tests[target], cfg.data, target)
@@ -285,19 +293,22 @@ def _write(result: dict, output: Path, start: float, *, final: bool = False) -> 
     result["elapsed_seconds"] = time.monotonic() - start
     result["complete"] = final
     output.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    report(StudyConfig.model_validate(result["config"]))
+    _render(result, output)
 
 
 def report(cfg: StudyConfig) -> dict:
     """Rewrite ``<output>.md`` and ``.png`` from ``<output>.json`` as it stands (a running or stopped study)."""
-    output = Path(cfg.output)
-    result = json.loads(output.with_suffix(".json").read_text())
+    result = json.loads(Path(cfg.output).with_suffix(".json").read_text())
+    _render(result, Path(cfg.output))
+    return result
+
+
+def _render(result: dict, output: Path) -> None:
     summary = summarise(result["runs"])
     units = {**result["config"]["finetune"].get("units", {}), **UNITS}
     output.with_suffix(".md").write_text(markdown(summary, complete=result["complete"], config=result["config"],
                                                   units=units))
     plot(summary, output.with_suffix(".png"), units=units, title=result["config"].get("title", ""))
-    return result
 
 
 def summarise(runs: list[dict]) -> dict[tuple[str, str, int], tuple[float, float, int]]:
