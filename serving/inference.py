@@ -30,7 +30,7 @@ def _settings() -> ServiceSettings:
     """The settings, or SystemExit with the reason: read at import, so a bad value stops ``bentoml serve`` itself
     (which imports this module before it spawns any worker)."""
     try:
-        settings = ServiceSettings.from_env()
+        settings = ServiceSettings()
         if settings.providers == "cuda":
             # fail once, at startup, with the reason; not in a worker that BentoML would restart forever
             pick_providers("cuda")

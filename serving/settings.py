@@ -1,4 +1,4 @@
-"""Service settings, read once from the environment (plain pydantic; every field is used by the service).
+"""Service settings, read once from the environment by pydantic-settings (every field is used by the service).
 
     SITENET_ENCODER / SITENET_BAND_GAP_MODEL / SITENET_FORMATION_ENERGY_MODEL
         zoo name, model folder or Hub repo id of each model ("" or "none" leaves a model out)
@@ -27,22 +27,20 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sitenet.limits import DEFAULT_MAX_CPU_S
 from sitenet.predict import DEFAULT_MODELS
 from sitenet.structure import DEFAULT_MAX_BYTES, DEFAULT_MAX_SITES
 
-_PREFIX = "SITENET_"
 
+class ServiceSettings(BaseSettings):
+    """Settings of the SiteNet prediction service; field ``x`` is read from ``SITENET_X`` (``ServiceSettings()``)."""
 
-class ServiceSettings(BaseModel):
-    """Settings of the SiteNet prediction service; field ``x`` is read from ``SITENET_X``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="SITENET_", frozen=True, extra="forbid", str_strip_whitespace=True)
 
     encoder: str = Field(DEFAULT_MODELS["encoder"], description="DIM encoder (embeddings)")
     band_gap_model: str = Field(DEFAULT_MODELS["band_gap"], description="band-gap regressor")
@@ -77,6 +75,11 @@ class ServiceSettings(BaseModel):
     model_threads: int | None = Field(None, ge=1, le=256, description="threads per HTTP worker that featurise and "
                                       "(inline) run the models; None: the worker's share of the CPU cores")
 
+    @field_validator("revision", mode="before")
+    @classmethod
+    def _no_revision(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
+
     @model_validator(mode="after")
     def _queue_timeout_within_request_timeout(self) -> ServiceSettings:
         # past timeout_s BentoML answers 504 anyway: a longer queue wait could only end in that
@@ -84,21 +87,6 @@ class ServiceSettings(BaseModel):
             raise ValueError(f"queue_timeout_s ({self.queue_timeout_s:g}) must be less than timeout_s "
                              f"({self.timeout_s})")
         return self
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
-        """Settings from ``SITENET_*`` variables; unset variables keep their defaults.
-
-        Raises:
-            pydantic.ValidationError: a variable has an invalid value (named in the message).
-        """
-        environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for name in cls.model_fields:
-            raw = environ.get(_PREFIX + name.upper())
-            if raw is not None:
-                values[name] = None if raw.strip().lower() in ("", "none") and name == "revision" else raw.strip()
-        return cls.model_validate(values)
 
     def batching_mode(self) -> Literal["adaptive", "inline"]:
         """``batching`` with "auto" resolved: inline, on CPU and GPU alike. Measured (benchmarks/results/

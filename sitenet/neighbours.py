@@ -10,15 +10,19 @@ least its own: 1.0 is closer to the training set than any of them, 0.0 farther t
 
 Uncertainty (``neighbours.json`` ``uncertainty``, per target): a standard deviation from what the neighbours
 say, ``std = scale * exp(w . f + b)`` with features ``f`` (:func:`uncertainty_features`) of the distances, of
-how far the prediction is from the nearest crystals' labels, of how much those labels disagree, and for a
-gated band gap of how close the metal probability is to 0.5. ``w, b`` are a least-squares fit of log |error|
-on validation crystals, and ``scale`` makes the nominal 95% interval (+- 1.96 std) cover 95% of them
-(``training/uncertainty.py``).
+how far the prediction is from the nearest crystals' labels, of how much those labels disagree, of how badly
+the model fits those neighbours (their training residuals, ``neighbours.json`` ``residuals``), of the crystal's
+composition (number of elements; an oxide or fluoride of a metal MP corrects with GGA+U), and for a gated band
+gap of how close the metal probability is to 0.5. ``w, b`` are a least-squares fit of log |error| on
+validation crystals, and ``scale`` makes the nominal 95% interval (+- 1.96 std) cover 95% of them
+(``training/uncertainty.py``; ``benchmarks/uncertainty_features.py`` compared the feature sets). A fit records
+which optional features it read, so an index written before they existed still serves.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,10 @@ INDEX_FILES = ("neighbours.safetensors", "neighbours.json")
 FEATURE_NEIGHBOURS = 5
 EPS = 1e-3
 Z95 = 1.959964
+# Materials Project 2018 mixes GGA and GGA+U: oxides and fluorides of these metals (V Cr Mn Fe Co Ni Mo W) take
+# the +U energy correction, where formation energies err most
+_U_METALS = np.array([23, 24, 25, 26, 27, 28, 42, 74])
+_U_ANIONS = np.array([8, 9])
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,11 @@ class Neighbour:
 
 def write_index(folder: str | Path, embeddings: np.ndarray, *, ids: list[str], formulas: list[str],
                 labels: dict[str, np.ndarray], reference: np.ndarray,
-                uncertainty: dict[str, dict[str, Any]] | None = None) -> None:
+                uncertainty: dict[str, dict[str, Any]] | None = None,
+                residuals: dict[str, np.ndarray] | None = None) -> None:
     """Write the index of ``embeddings`` (M,E) into ``folder``; ``reference`` (R,E) are embeddings of crystals
     not in the index (validation), whose nearest distances calibrate the in-domain score; ``uncertainty``: the
-    fitted model of each target (module docstring)."""
+    fitted model of each target (module docstring); ``residuals``: (M,) |prediction - label| by target."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
@@ -55,17 +64,21 @@ def write_index(folder: str | Path, embeddings: np.ndarray, *, ids: list[str], f
     closest = nearest(stored.astype(np.float32), reference.astype(np.float32), 1)[0][:, 0]
     save_file({"embeddings": stored, "reference": np.sort(closest).astype(np.float32)},
               str(folder / "neighbours.safetensors"))
-    table = {"ids": ids, "formulas": formulas,
-             "labels": {t: [None if not np.isfinite(v) else round(float(v), 5) for v in values]
-                        for t, values in labels.items()},
-             "uncertainty": uncertainty or {}}
+    def column(values: np.ndarray) -> list[float | None]:
+        return [None if not np.isfinite(v) else round(float(v), 5) for v in values]
+
+    table = {"ids": ids, "formulas": formulas, "labels": {t: column(v) for t, v in labels.items()},
+             "residuals": {t: column(v) for t, v in (residuals or {}).items()}, "uncertainty": uncertainty or {}}
     (folder / "neighbours.json").write_text(json.dumps(table, separators=(",", ":")), encoding="utf-8")
 
 
 def uncertainty_features(prediction: np.ndarray, distances: np.ndarray, labels: np.ndarray, sites: np.ndarray,
-                         metal_probability: np.ndarray | None = None) -> np.ndarray:
+                         metal_probability: np.ndarray | None = None, *,
+                         atomic_numbers: Sequence[np.ndarray] | None = None,
+                         residuals: np.ndarray | None = None) -> np.ndarray:
     """(B,F) features of B predictions (B,) from their nearest crystals' distances and labels (B,k), k >= 5,
-    and their primitive-cell site counts (B,) (small cells err more: composition is nearly all they have)."""
+    and their primitive-cell site counts (B,) (small cells err more: composition is nearly all they have);
+    optionally the composition (each crystal's site Z) and the neighbours' training residuals (B,k)."""
     near = labels[:, :FEATURE_NEIGHBOURS]
     first = np.where(np.isfinite(near[:, 0]), near[:, 0], np.nanmean(near, 1))
     columns = [np.log(distances[:, 0] + EPS), np.log(distances[:, :FEATURE_NEIGHBOURS].mean(1) + EPS),
@@ -73,7 +86,20 @@ def uncertainty_features(prediction: np.ndarray, distances: np.ndarray, labels: 
                np.log(np.nanstd(near, 1) + EPS), np.log(np.asarray(sites, dtype=np.float64))]
     if metal_probability is not None:
         columns.append(-np.abs(metal_probability - 0.5))
+    if atomic_numbers is not None:
+        columns += list(composition_features(atomic_numbers).T)
+    if residuals is not None:
+        columns.append(np.log(np.nanmean(np.abs(residuals[:, :FEATURE_NEIGHBOURS]), 1) + EPS))
     return np.nan_to_num(np.stack(columns, 1), nan=0.0)
+
+
+def composition_features(atomic_numbers: Sequence[np.ndarray]) -> np.ndarray:
+    """(B,3): number of elements, GGA+U oxide/fluoride (0/1), any GGA+U metal (0/1) of each crystal's site Z."""
+    rows = []
+    for z in atomic_numbers:
+        metal, anion = np.isin(_U_METALS, z).any(), np.isin(_U_ANIONS, z).any()
+        rows.append((len(np.unique(z)), float(metal and anion), float(metal)))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
 class NeighbourIndex:
@@ -92,6 +118,8 @@ class NeighbourIndex:
         self.formulas: list[str] = table["formulas"]
         self.labels: dict[str, list[float | None]] = table["labels"]
         self.uncertainty: dict[str, dict[str, Any]] = table.get("uncertainty", {})
+        self.residuals: dict[str, list[float | None]] = table.get("residuals", {})
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
 
     @staticmethod
     def present(folder: str | Path) -> bool:
@@ -122,20 +150,31 @@ class NeighbourIndex:
         below = np.searchsorted(self.reference, np.asarray(nearest, dtype=np.float32), side="left")
         return 1.0 - below / max(len(self.reference), 1)
 
-    def label_matrix(self, target: str, positions: np.ndarray) -> np.ndarray:
-        """(B,k) labels of ``target`` of the crystals at ``positions`` (NaN where unlabelled)."""
-        values = np.array([np.nan if v is None else v for v in self.labels[target]], dtype=np.float64)
-        return values[positions]
+    def label_matrix(self, target: str, positions: np.ndarray, table: str = "labels") -> np.ndarray:
+        """(B,k) labels (or ``table="residuals"``: training residuals) of ``target`` of the crystals at
+        ``positions`` (NaN where unlabelled)."""
+        key = (table, target)
+        if key not in self._arrays:  # once per index: a (M,) list to array costs more than the lookup
+            self._arrays[key] = np.array([np.nan if v is None else v for v in getattr(self, table)[target]],
+                                         dtype=np.float64)
+        return self._arrays[key][positions]
 
     def std(self, target: str, prediction: np.ndarray, distances: np.ndarray, positions: np.ndarray,
-            sites: np.ndarray, metal_probability: np.ndarray | None = None) -> np.ndarray | None:
+            sites: np.ndarray, metal_probability: np.ndarray | None = None,
+            atomic_numbers: Sequence[np.ndarray] | None = None) -> np.ndarray | None:
         """Calibrated standard deviation (B,) of ``target`` predictions of crystals with ``sites`` primitive
-        sites; None if the index has no model for ``target``."""
+        sites (and site Z ``atomic_numbers``, which a fit reading composition needs); None if the index has no
+        model for ``target``."""
         fit = self.uncertainty.get(target)
         if not fit:
             return None
-        features = uncertainty_features(prediction, distances, self.label_matrix(target, positions), sites,
-                                        metal_probability if fit.get("gated") else None)
+        if fit.get("composition") and atomic_numbers is None:
+            raise ValueError(f"the {target} uncertainty reads the composition: pass atomic_numbers")
+        features = uncertainty_features(
+            prediction, distances, self.label_matrix(target, positions), sites,
+            metal_probability if fit.get("gated") else None,
+            atomic_numbers=atomic_numbers if fit.get("composition") else None,
+            residuals=self.label_matrix(target, positions, "residuals") if fit.get("residuals") else None)
         return float(fit["scale"]) * np.exp(features @ np.asarray(fit["weights"]) + float(fit["bias"]))
 
     def info(self) -> dict[str, Any]:

@@ -33,10 +33,11 @@ __all__ = ["DEFAULT_MODELS", "Predictor", "Prediction", "Prepared", "Rejection",
 
 logger = logging.getLogger(__name__)
 
-#: The bundled zoo models used when nothing else is named, by role.
+#: The bundled zoo models used when nothing else is named, by role: per target the one best on validation
+#: (benchmarks/results/zoo_candidates.md; band gap: the multi-task model).
 DEFAULT_MODELS: dict[str, str] = {
     "encoder": "sitenet-dim-mp2018",
-    "band_gap": "sitenet-dim-mp2018-band-gap",
+    "band_gap": "sitenet-dim-mp2018-band-gap-formation-energy",
     "formation_energy": "sitenet-dim-mp2018-formation-energy",
 }
 #: Key of a property model's own embedding in :meth:`Predictor.run`'s output (the neighbour index's space).
@@ -270,13 +271,12 @@ class Predictor:
                     key = (_PROPERTY_EMBEDDING, id(model)) if name == "embedding" and model in indexed else name
                     for row, i in enumerate(idx):
                         out[i][key] = values[row] if values.ndim > 1 else float(values[row])
-        sites = np.array([f.n_primitive for f in features])
         for rank, model in enumerate(indexed):
-            self._add_neighbours(model, out, sites, targets=[t for t in targets if self.models[t] is model],
+            self._add_neighbours(model, out, features, targets=[t for t in targets if self.models[t] is model],
                                  uncertainty=uncertainty, neighbours=neighbours if rank == 0 else 0)
         return out
 
-    def _add_neighbours(self, model: OnnxModel, out: list[dict[str, Any]], sites: np.ndarray, *,
+    def _add_neighbours(self, model: OnnxModel, out: list[dict[str, Any]], features: list[CrystalFeatures], *,
                         targets: list[str], uncertainty: bool, neighbours: int) -> None:
         """``<target>_std`` of ``model``'s targets and, with ``neighbours``, the nearest training crystals."""
         from sitenet.neighbours import FEATURE_NEIGHBOURS
@@ -287,7 +287,9 @@ class Predictor:
         if uncertainty:
             for target in targets:
                 metal = np.array([o.get("metal_probability", np.nan) for o in out])
-                std = index.std(target, np.array([o[target] for o in out]), distances, positions, sites, metal)
+                std = index.std(target, np.array([o[target] for o in out]), distances, positions,
+                                np.array([f.n_primitive for f in features]), metal,
+                                atomic_numbers=[f.atomic_numbers for f in features])
                 for o, value in zip(out, std if std is not None else [None] * len(out)):
                     o[f"{target}_std"] = None if value is None else float(value)
         if neighbours:

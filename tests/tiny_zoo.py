@@ -83,6 +83,7 @@ def write_tiny_index(folder: Path, model, *, n_index: int = 48, n_reference: int
                       {k: v[reference] for k, v in out.items()}, train_labels={t: v[index] for t, v in labels.items()},
                       val_labels={t: v[reference] for t, v in labels.items()},
                       val_sites=np.array([f.n_primitive for f in features])[reference],
+                      val_atomic_numbers=[f.atomic_numbers for f in features[reference]],
                       ids=[str(i) for i in data.ids[index]], formulas=[c.formula for c in crystals[index]])
 
 

@@ -93,7 +93,7 @@ def study_main(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": len(result["runs"]), "complete": result["complete"], "output": cfg.output}))
         return 0
     result = run_study(cfg)
-    print(json.dumps({"runs": len(result["runs"]), "output": result["config"]["output"]}))
+    print(json.dumps({"runs": len(result["runs"]), "complete": result["complete"], "output": cfg.output}))
     return 0
 
 

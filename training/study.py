@@ -15,9 +15,11 @@ Scores are on the held-out scored rows. Outputs: ``<output>.json`` (every run, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections import defaultdict
@@ -170,13 +172,20 @@ def embedding_file(path: str, ids: np.ndarray) -> np.ndarray:
 
 
 def run_study(cfg: StudyConfig) -> dict:
-    """Run the whole study and write ``<output>.{json,md,png}``. Returns the JSON content."""
+    """Run the whole study and write ``<output>.{json,md,png}``. Returns the JSON content.
+
+    Several processes may run one study at once (one per core): each claims the next run no live process has
+    claimed (``<output>.claims.json``; the representation runs are one claim) and merges what it finishes into
+    ``<output>.json`` under a lock. ``resume: false`` starts afresh and so is for one process."""
     start = time.monotonic()
     torch.set_num_threads(cfg.pretrain.trainer.threads or torch.get_num_threads())
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        for suffix in (".json", ".claims.json"):
+            output.with_suffix(suffix).unlink(missing_ok=True)
     runs = _previous_runs(cfg, output) if cfg.resume else []
-    done = {(r["target"], r["n_labels"], r["seed"], r["method"]) for r in runs}
+    done = {_key(r) for r in runs}
     names = repr_names(cfg)
 
     def missing(target: str, n: int, s: int) -> list[str]:
@@ -184,7 +193,9 @@ def run_study(cfg: StudyConfig) -> dict:
                                                 for kind in REGRESSORS)]
 
     corpus = load_corpus(cfg.data)
-    needed_names = _with_parts({name for t in cfg.targets for n, s in _draws(cfg) for name in missing(t, n, s)})
+    representing = _claim(output, cfg, "representations")  # else another live process has them
+    needed_names = _with_parts({name for t in cfg.targets for n, s in _draws(cfg) for name in missing(t, n, s)}
+                               if representing else {"dim"})
     folders = _encoders(cfg, needed_names)
     torch.manual_seed(0)
     encoders = {name: load_encoder(folder).eval() for name, folder in folders.items()}
@@ -194,7 +205,7 @@ def run_study(cfg: StudyConfig) -> dict:
     labels = {target: corpus.labels(target) for target in cfg.targets}
 
     # representation learning: only the label draws with a missing run (a resumed study) are embedded and fitted
-    for target in cfg.targets:
+    for target in cfg.targets if representing else ():
         test, y_all = tests[target], labels[target]
         draws = {(n, s): make_splits(corpus, cfg.data, target=target, n_labels=n, seed=s)
                  for n, s in _draws(cfg) if missing(target, n, s)}
@@ -229,22 +240,26 @@ def run_study(cfg: StudyConfig) -> dict:
 
     # transfer learning, the expensive part: ordered by budget and seed, so an interrupted study is balanced.
     # Every init gets the same protocol: all N labels, a fixed schedule, the last epoch (no validation carve).
-    for n, s in _transfer_draws(cfg):
-        for target in cfg.targets:
-            for init_name, init in transfer_inits(cfg, target, folders["dim"]).items():
-                if (target, n, s, f"transfer/{init_name}/finetune") in done:
-                    continue
-                fcfg = transfer_config(cfg, target, init, encoders["dim"].config, n, s,
-                                       str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}"))
-                folder = finetune(fcfg, corpus=corpus, loggers=False)
-                model = SiteNetRegressor.from_pretrained(str(folder))
-                pred = predict(model, corpus, tests[target], cfg.data, target)
-                _record(result, target, n, s, f"transfer/{init_name}/finetune",
-                        metrics(target, labels[target][tests[target]], pred))
-                _write(result, output, start)
-                log.info("%s N=%d seed=%d transfer %s done (%.0f s)", target, n, s, init_name,
-                         time.monotonic() - start)
-    _write(result, output, start, final=True)
+    jobs = [(n, s, target, init_name, init) for n, s in _transfer_draws(cfg) for target in cfg.targets
+            for init_name, init in transfer_inits(cfg, target, folders["dim"]).items()]
+    for n, s, target, init_name, init in jobs:
+        if (target, n, s, f"transfer/{init_name}/finetune") in done or not _claim(
+                output, cfg, (target, n, s, f"transfer/{init_name}/finetune")):
+            continue
+        fcfg = transfer_config(cfg, target, init, encoders["dim"].config, n, s,
+                               str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}"))
+        folder = finetune(fcfg, corpus=corpus, loggers=False)
+        model = SiteNetRegressor.from_pretrained(str(folder))
+        pred = predict(model, corpus, tests[target], cfg.data, target)
+        _record(result, target, n, s, f"transfer/{init_name}/finetune",
+                metrics(target, labels[target][tests[target]], pred))
+        _write(result, output, start)
+        log.info("%s N=%d seed=%d transfer %s done (%.0f s)", target, n, s, init_name,
+                 time.monotonic() - start)
+    planned = {(t, n, s, f"repr/{name}/{kind}") for t in cfg.targets for n, s in _draws(cfg) for name in names
+               for kind in REGRESSORS}
+    planned |= {(t, n, s, f"transfer/{name}/finetune") for n, s, t, name, _ in jobs}
+    _write(result, output, start, planned=planned)
     return result
 
 
@@ -289,11 +304,71 @@ def _record(result: dict, target: str, n: int, seed: int, method: str, m: dict) 
     result["runs"].append({"target": target, "n_labels": n, "seed": seed, "method": method, **m})
 
 
-def _write(result: dict, output: Path, start: float, *, final: bool = False) -> None:
-    result["elapsed_seconds"] = time.monotonic() - start
-    result["complete"] = final
-    output.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    _render(result, output)
+def _key(r: dict) -> tuple:
+    return r["target"], r["n_labels"], r["seed"], r["method"]
+
+
+def _write(result: dict, output: Path, start: float, *, planned: set | None = None) -> None:
+    """Write ``result``, first merged with the runs other processes of this study wrote (under the lock);
+    complete once every ``planned`` run is in it."""
+    path = output.with_suffix(".json")
+    with _locked(output):
+        mine = {_key(r) for r in result["runs"]}
+        result["runs"] += [r for r in _runs_on_disk(output, result["config"]) if _key(r) not in mine]
+        result["elapsed_seconds"] = time.monotonic() - start
+        result["complete"] = planned is not None and planned <= {_key(r) for r in result["runs"]}
+        path.write_text(json.dumps(result, indent=2))
+        _render(result, output)
+
+
+def _runs_on_disk(output: Path, config: dict) -> list[dict]:
+    path = output.with_suffix(".json")
+    if not path.exists():
+        return []
+    on_disk = json.loads(path.read_text())
+    return on_disk["runs"] if on_disk["config"] == config else []
+
+
+def _claim(output: Path, cfg: StudyConfig, key: tuple | str) -> bool:
+    """Claim a run (or the representation runs) for this process: False when it is done or a live process holds it."""
+    path = output.with_suffix(".claims.json")
+    name = json.dumps(key)
+    with _locked(output):
+        if key in {_key(r) for r in _runs_on_disk(output, cfg.model_dump(mode="json"))}:
+            return False
+        claims = json.loads(path.read_text()) if path.exists() else {}
+        holder = claims.get(name)
+        if holder not in (None, os.getpid()) and _alive(holder):
+            return False
+        claims[name] = os.getpid()
+        path.write_text(json.dumps(claims, indent=0))
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+@contextlib.contextmanager
+def _locked(output: Path):
+    """Exclusive access to a study's files among the processes sharing it (POSIX file lock; elsewhere one process)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(output.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def report(cfg: StudyConfig) -> dict:

@@ -3,8 +3,9 @@ both from an index of the training crystals' embeddings (``sitenet.neighbours``)
 
 ``add_uncertainty`` embeds the model's training crystals with its own (fine-tuned) encoder, writes them as
 ``neighbours.safetensors`` + ``neighbours.json`` with their ids, formulas and labels, and fits on the
-validation crystals, per target, ``log |error| ~ w . f + b`` on the neighbour features of
-``sitenet.neighbours.uncertainty_features``; a scale then makes the nominal 95% interval cover 95% of the
+validation crystals, per target, ``log |error| ~ w . f + b`` on the features of
+``sitenet.neighbours.uncertainty_features`` (neighbours' distances, labels and training residuals; composition);
+a scale then makes the nominal 95% interval cover 95% of the
 validation crystals. Nothing the model predicts changes.
 
 Why not an ensemble of heads on the frozen encoder: in a trial on the validation crystals of the v2
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +43,20 @@ def coverage_scale(errors: np.ndarray, spread: np.ndarray, level: float = 0.95) 
 
 
 def fit_uncertainty(prediction: np.ndarray, labels: np.ndarray, distances: np.ndarray, neighbour_labels: np.ndarray,
-                    sites: np.ndarray, metal_probability: np.ndarray | None = None) -> dict[str, object]:
-    """Least-squares fit of log |error| on the neighbour features, and the 95% coverage scale (all (B,) /
-    (B,k) arrays of validation crystals)."""
-    features = uncertainty_features(prediction, distances, neighbour_labels, sites, metal_probability)
+                    sites: np.ndarray, metal_probability: np.ndarray | None = None, *,
+                    atomic_numbers: Sequence[np.ndarray] | None = None,
+                    neighbour_residuals: np.ndarray | None = None) -> dict[str, object]:
+    """Least-squares fit of log |error| on the uncertainty features, and the 95% coverage scale (all (B,) /
+    (B,k) arrays of validation crystals; ``atomic_numbers``: their site Z)."""
+    features = uncertainty_features(prediction, distances, neighbour_labels, sites, metal_probability,
+                                    atomic_numbers=atomic_numbers, residuals=neighbour_residuals)
     target = np.log(np.abs(prediction - labels) + EPS)
     design = np.hstack([features, np.ones((len(features), 1))])
     coef, *_ = np.linalg.lstsq(design, target, rcond=None)
     weights, bias = coef[:-1], float(coef[-1])
     spread = np.exp(features @ weights + bias)
     return {"weights": [float(w) for w in weights], "bias": bias, "gated": metal_probability is not None,
+            "composition": atomic_numbers is not None, "residuals": neighbour_residuals is not None,
             "scale": coverage_scale(prediction - labels, spread), "validation_crystals": int(len(labels))}
 
 
@@ -72,22 +78,26 @@ def predict_rows(model: SiteNetRegressor, corpus: Corpus, rows: np.ndarray, data
 
 def write_uncertainty(output: Path, config: RegressorConfig, train: dict[str, np.ndarray], val: dict[str, np.ndarray],
                       *, train_labels: dict[str, np.ndarray], val_labels: dict[str, np.ndarray], val_sites: np.ndarray,
-                      ids: list[str], formulas: list[str]) -> dict[str, dict[str, object]]:
+                      val_atomic_numbers: Sequence[np.ndarray], ids: list[str],
+                      formulas: list[str]) -> dict[str, dict[str, object]]:
     """Fit each of ``config``'s targets' uncertainty on the validation crystals' outputs (``val``: output name ->
-    (V,...) arrays) and write the index of the training crystals' (``train``) embeddings with the fits into
-    ``output``. ``train_labels``: (M,) by target, every label to show beside a neighbour. Returns the fits."""
+    (V,...) arrays) and write the index of the training crystals' (``train``) embeddings, their residuals and the
+    fits into ``output``. ``train_labels``: (M,) by target, every label to show beside a neighbour. Returns the
+    fits."""
     from sitenet.neighbours import FEATURE_NEIGHBOURS, nearest, write_index
 
     # the fit reads each validation crystal's neighbours among the training crystals, as a new crystal's are read
     stored = train["embedding"].astype(np.float16).astype(np.float32)  # as the index stores them
     distances, positions = nearest(stored, val["embedding"], FEATURE_NEIGHBOURS)
+    residuals = {t: np.abs(train[t] - train_labels[t]) for t in config.targets}  # in-sample: where the model fits badly
     fits = {}
     for target in config.targets:
         metal = val.get("metal_probability") if config.gated(target) else None
         fits[target] = fit_uncertainty(val[target], val_labels[target], distances, train_labels[target][positions],
-                                       val_sites, metal)
+                                       val_sites, metal, atomic_numbers=val_atomic_numbers,
+                                       neighbour_residuals=residuals[target][positions])
     write_index(output, train["embedding"], ids=ids, formulas=formulas, labels=train_labels,
-                reference=val["embedding"], uncertainty=fits)
+                reference=val["embedding"], uncertainty=fits, residuals=residuals)
     return fits
 
 
@@ -117,6 +127,7 @@ def add_uncertainty(source: str | Path, output: str | Path | None = None, *, dat
     fits = write_uncertainty(output, model.config, train, val, train_labels=labels,
                              val_labels={t: corpus.labels(t)[splits.val] for t in targets},
                              val_sites=corpus.sizes(splits.val)[:, 0],
+                             val_atomic_numbers=[corpus.store[corpus.store_row[r]].atomic_numbers for r in splits.val],
                              ids=[str(i) for i in corpus.dataset.ids[splits.train]],
                              formulas=[_formula(corpus, r) for r in splits.train])
     for target, fit in fits.items():
@@ -157,7 +168,8 @@ def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: Data
         y = (labels[target] if labels is not None else corpus.labels(target))[rows]
         ok = np.isfinite(y)
         std = index.std(target, values[target], distances, positions, corpus.sizes(rows)[:, 0],
-                        values.get("metal_probability"))
+                        values.get("metal_probability"),
+                        atomic_numbers=[corpus.store[corpus.store_row[r]].atomic_numbers for r in rows])
         error, std, score = np.abs(values[target] - y)[ok], std[ok], in_domain[ok]
         decile = np.minimum(np.argsort(np.argsort(score, kind="stable"), kind="stable") * 10 // len(score), 9)
         report[target] = {

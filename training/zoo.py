@@ -43,10 +43,11 @@ REGISTRY_NAME = "registry.json"
 ENCODER_NAME = "sitenet-dim-mp2018"
 #: The trained runs ``python -m training.zoo`` assembles by default: the encoder, then the regressors.
 DEFAULT_ENCODER = "runs/dim-mp2018/encoder"  # the DIM run at its best validation DIM loss (epoch 98 of 100)
-#: The single-target models won on validation (benchmarks/results/zoo_candidates.md) and are the service's
-#: default; the multi-task model serves both targets in one pass, for those who want speed over accuracy.
+#: Chosen per target on validation (benchmarks/results/zoo_candidates.md): the multi-task model (trained on from
+#: the formation-energy model) for band gap, the single-target model for formation energy; they are the service's
+#: defaults (``sitenet.predict.DEFAULT_MODELS``). The single-target band-gap model stays for comparison.
 DEFAULT_REGRESSORS: tuple[str, ...] = ("runs/finetune-band-gap-v3", "runs/finetune-formation-energy-v3",
-                                       "runs/finetune-multitask-fe3")
+                                       "runs/finetune-multitask-v3")
 #: The targets of each regressor the zoo ships (the random placeholders have the same layout).
 LAYOUT: tuple[tuple[str, ...], ...] = (("band_gap",), ("formation_energy",), ("band_gap", "formation_energy"))
 

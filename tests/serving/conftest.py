@@ -181,3 +181,20 @@ def live_server(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFa
     finally:
         server.stop()
     assert "Traceback" not in server.output(), server.output()[-3000:]
+
+
+@pytest.fixture
+def settings_from(monkeypatch: pytest.MonkeyPatch):
+    """``ServiceSettings()`` read from exactly these ``SITENET_*`` variables (any others the shell has unset)."""
+    import os
+
+    from serving.settings import ServiceSettings
+
+    def make(environ: dict[str, str]) -> ServiceSettings:
+        for name in [n for n in os.environ if n.startswith("SITENET_")]:
+            monkeypatch.delenv(name)
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)
+        return ServiceSettings()
+
+    return make

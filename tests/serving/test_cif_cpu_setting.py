@@ -19,31 +19,31 @@ def _slow_cif() -> str:
         " _atom_site_fract_z\n" + "\n".join(rows) + "\n"
 
 
-def test_the_setting_is_read_and_validated() -> None:
+def test_the_setting_is_read_and_validated(settings_from) -> None:
     from serving.settings import ServiceSettings
     from sitenet.limits import DEFAULT_MAX_CPU_S
 
-    assert ServiceSettings.from_env({}).max_cif_cpu_s == DEFAULT_MAX_CPU_S
-    assert ServiceSettings.from_env({"SITENET_MAX_CIF_CPU_S": "0.25"}).max_cif_cpu_s == 0.25
+    assert settings_from({}).max_cif_cpu_s == DEFAULT_MAX_CPU_S
+    assert settings_from({"SITENET_MAX_CIF_CPU_S": "0.25"}).max_cif_cpu_s == 0.25
     for bad in ("0", "-1", "soon"):
         with pytest.raises(ValidationError, match="max_cif_cpu_s"):
-            ServiceSettings.from_env({"SITENET_MAX_CIF_CPU_S": bad})
+            settings_from({"SITENET_MAX_CIF_CPU_S": bad})
 
 
-def test_the_service_predictor_applies_it(tiny_zoo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_service_predictor_applies_it(tiny_zoo: Path, monkeypatch: pytest.MonkeyPatch, settings_from) -> None:
     import serving.inference as inference
     from serving.settings import ServiceSettings
     from sitenet.predict import Prepared
 
     monkeypatch.setenv("SITENET_ZOO_DIR", str(tiny_zoo))
     text = _slow_cif()
-    monkeypatch.setattr(inference, "SETTINGS", ServiceSettings.from_env({"SITENET_MAX_CIF_CPU_S": "0.05"}))
+    monkeypatch.setattr(inference, "SETTINGS", settings_from({"SITENET_MAX_CIF_CPU_S": "0.05"}))
     strict = inference.load_predictor(load=False)
     assert strict.max_cpu_s == 0.05 and strict.info()["limits"]["max_sites"] == 500
     refused = strict.prepare(text)
     assert not isinstance(refused, Prepared)
     assert refused.code == "input_too_costly" and refused.http_status == 413, refused
-    monkeypatch.setattr(inference, "SETTINGS", ServiceSettings.from_env({}))
+    monkeypatch.setattr(inference, "SETTINGS", settings_from({}))
     default = inference.load_predictor(load=False)
     prepared = default.prepare(text)
     assert isinstance(prepared, Prepared) and prepared.n_sites == 384, prepared

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from tiny_zoo import BAND_GAP, ENCODER
+from tiny_zoo import ENCODER, FORMATION_ENERGY
 
 #: The issue's "within seconds": the start-up check itself takes well under a second; the rest is Python and
 #: BentoML imports on a busy 2-core machine.
@@ -39,7 +39,7 @@ def _corrupt(zoo: Path, tmp_path: Path) -> dict[str, str]:
 
 def _missing_file(zoo: Path, tmp_path: Path) -> dict[str, str]:
     copy = shutil.copytree(zoo, tmp_path / "zoo")
-    (copy / BAND_GAP / "model.onnx").unlink()
+    (copy / FORMATION_ENERGY / "model.onnx").unlink()  # a default model
     return {"SITENET_ZOO_DIR": str(copy)}
 
 

@@ -38,11 +38,11 @@ def test_options_choose_targets_and_embedding(client) -> None:
 
 
 def test_uncertainty_and_neighbours_match_the_predictor(client, tiny_zoo: Path) -> None:
-    from sitenet.predict import Predictor
+    from sitenet.predict import DEFAULT_MODELS, Predictor
 
-    predictor = Predictor.from_pretrained(band_gap=tiny_zoo / "sitenet-dim-mp2018-band-gap",
-                                          formation_energy=tiny_zoo / "sitenet-dim-mp2018-formation-energy",
-                                          providers="cpu")
+    predictor = Predictor.from_pretrained(band_gap=tiny_zoo / DEFAULT_MODELS["band_gap"],
+                                          formation_energy=tiny_zoo / DEFAULT_MODELS["formation_energy"],
+                                          providers="cpu")  # the service's defaults
     (want,) = predictor.predict([NACL.read_bytes()], uncertainty=True, neighbours=2)
     body = _upload(client, options={"uncertainty": True, "neighbours": 2}).json()
     assert body["band_gap_std"] == pytest.approx(want.band_gap_std, rel=1e-4)
@@ -66,10 +66,10 @@ def test_json_text_and_upload_give_the_same_prediction(client) -> None:
 
 
 def test_service_matches_the_predictor(client, tiny_zoo: Path) -> None:
-    from sitenet.predict import Predictor
+    from sitenet.predict import DEFAULT_MODELS, Predictor
 
-    predictor = Predictor.from_pretrained(tiny_zoo / "sitenet-dim-mp2018", tiny_zoo / "sitenet-dim-mp2018-band-gap",
-                                          tiny_zoo / "sitenet-dim-mp2018-formation-energy", providers="cpu")
+    predictor = Predictor.from_pretrained(*(tiny_zoo / DEFAULT_MODELS[role] for role in
+                                            ("encoder", "band_gap", "formation_energy")), providers="cpu")
     expected = predictor.predict([p.read_bytes() for p in EXAMPLES], return_embedding=True)
     r = client.post("/predict_batch", json={"cifs": [p.read_text() for p in EXAMPLES],
                                             "options": {"return_embedding": True}})

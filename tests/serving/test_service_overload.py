@@ -116,29 +116,29 @@ def test_info_reports_the_overload_limits(client) -> None:
     assert limits["model_threads"] >= 1
 
 
-def test_overload_settings_are_validated_and_resolved() -> None:
+def test_overload_settings_are_validated_and_resolved(settings_from) -> None:
     import pytest
     from pydantic import ValidationError
 
     from serving.settings import ServiceSettings
 
     with pytest.raises(ValidationError, match="max_concurrency"):
-        ServiceSettings.from_env({"SITENET_MAX_CONCURRENCY": "0"})
+        settings_from({"SITENET_MAX_CONCURRENCY": "0"})
     with pytest.raises(ValidationError, match="max_queue"):
-        ServiceSettings.from_env({"SITENET_MAX_QUEUE": "-1"})
+        settings_from({"SITENET_MAX_QUEUE": "-1"})
     with pytest.raises(ValidationError, match="queue_timeout_s"):
-        ServiceSettings.from_env({"SITENET_QUEUE_TIMEOUT_S": "0"})
+        settings_from({"SITENET_QUEUE_TIMEOUT_S": "0"})
     with pytest.raises(ValidationError, match="must be less than timeout_s"):
-        ServiceSettings.from_env({"SITENET_QUEUE_TIMEOUT_S": "30", "SITENET_TIMEOUT_S": "30"})
-    inline = ServiceSettings.from_env({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "1",
+        settings_from({"SITENET_QUEUE_TIMEOUT_S": "30", "SITENET_TIMEOUT_S": "30"})
+    inline = settings_from({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "1",
                                        "SITENET_MODEL_THREADS": "2"})
     assert (inline.thread_count(), inline.concurrency_limit(), inline.queue_limit()) == (2, 8, 16)
     cores = len(os.sched_getaffinity(0))
-    one = ServiceSettings.from_env({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "1"})
+    one = settings_from({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "1"})
     assert one.thread_count() == cores  # the worker's share of the cores
-    many = ServiceSettings.from_env({"SITENET_BATCHING": "inline", "SITENET_WORKERS": str(2 * cores)})
+    many = settings_from({"SITENET_BATCHING": "inline", "SITENET_WORKERS": str(2 * cores)})
     assert many.thread_count() == 1  # never fewer than one
-    adaptive = ServiceSettings.from_env({"SITENET_BATCHING": "adaptive", "SITENET_MAX_BATCH_SIZE": "32"})
+    adaptive = settings_from({"SITENET_BATCHING": "adaptive", "SITENET_MAX_BATCH_SIZE": "32"})
     assert adaptive.concurrency_limit() == 32  # a full batch can form in the model worker
-    explicit = ServiceSettings.from_env({"SITENET_MAX_CONCURRENCY": "3", "SITENET_MAX_QUEUE": "0"})
+    explicit = settings_from({"SITENET_MAX_CONCURRENCY": "3", "SITENET_MAX_QUEUE": "0"})
     assert (explicit.concurrency_limit(), explicit.queue_limit()) == (3, 0)

@@ -21,25 +21,25 @@ def test_serving_imports_without_torch() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_settings_from_environment() -> None:
+def test_settings_from_environment(settings_from) -> None:
     from pydantic import ValidationError
 
     from serving.settings import ServiceSettings
 
-    s = ServiceSettings.from_env({"SITENET_ENCODER": "acme/enc", "SITENET_BAND_GAP_MODEL": "/models/gap",
+    s = settings_from({"SITENET_ENCODER": "acme/enc", "SITENET_BAND_GAP_MODEL": "/models/gap",
                                   "SITENET_FORMATION_ENERGY_MODEL": "none", "SITENET_REVISION": "v1",
                                   "SITENET_PROVIDERS": "cpu", "SITENET_MAX_CIFS": "5", "SITENET_MAX_SITES": "100"})
     assert s.model_names() == {"encoder": "acme/enc", "band_gap": "/models/gap", "formation_energy": None,
                                "models": ()}
     assert (s.revision, s.providers, s.max_cifs, s.max_sites) == ("v1", "cpu", 5, 100)
-    assert ServiceSettings.from_env({}).model_names()["encoder"] == "sitenet-dim-mp2018"
+    assert settings_from({}).model_names()["encoder"] == "sitenet-dim-mp2018"
     with pytest.raises(ValidationError, match="providers"):
-        ServiceSettings.from_env({"SITENET_PROVIDERS": "gpu"})
+        settings_from({"SITENET_PROVIDERS": "gpu"})
     with pytest.raises(ValidationError, match="max_cifs"):
-        ServiceSettings.from_env({"SITENET_MAX_CIFS": "0"})
+        settings_from({"SITENET_MAX_CIFS": "0"})
 
 
-def test_model_placement_and_workers_follow_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_placement_and_workers_follow_the_hardware(monkeypatch: pytest.MonkeyPatch, settings_from) -> None:
     """auto: inline models everywhere; one HTTP worker per core on CPU, half as many with CUDA (each worker's
     CUDA context takes turns on the GPU); adaptive: one; explicit values win."""
     import os
@@ -47,16 +47,16 @@ def test_model_placement_and_workers_follow_the_hardware(monkeypatch: pytest.Mon
     from serving.settings import ServiceSettings
 
     cores = len(os.sched_getaffinity(0))
-    auto = ServiceSettings.from_env({})
+    auto = settings_from({})
     assert auto.batching_mode() == "inline"
-    cpu = ServiceSettings.from_env({"SITENET_PROVIDERS": "cpu"})
+    cpu = settings_from({"SITENET_PROVIDERS": "cpu"})
     assert (cpu.batching_mode(), cpu.worker_count()) == ("inline", min(cores, 16))
     # the CUDA branch, on any machine: only whether a GPU is usable is stood in for
     monkeypatch.setattr(ServiceSettings, "uses_gpu", lambda self: True)
     assert (auto.batching_mode(), auto.worker_count()) == ("inline", max(1, min(cores // 2, 16)))
-    adaptive = ServiceSettings.from_env({"SITENET_BATCHING": "adaptive"})
+    adaptive = settings_from({"SITENET_BATCHING": "adaptive"})
     assert (adaptive.batching_mode(), adaptive.worker_count()) == ("adaptive", 1)
-    assert ServiceSettings.from_env({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "3"}).worker_count() == 3
+    assert settings_from({"SITENET_BATCHING": "inline", "SITENET_WORKERS": "3"}).worker_count() == 3
 
 
 def test_every_setting_is_used() -> None:

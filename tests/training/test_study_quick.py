@@ -96,3 +96,32 @@ def test_precomputed_embeddings_join_by_id_and_a_missing_crystal_is_named(tmp_pa
     np.savez(tmp_path / "short.npz", ids=frame["id"].to_numpy(dtype=str)[1:], x=rng.normal(size=(len(frame) - 1, 3)))
     with pytest.raises(ValueError, match=f"no embedding for 1 crystal.*{frame['id'][0]}"):
         embedding_file(str(tmp_path / "short.npz"), frame["id"].to_numpy())
+
+
+def test_processes_sharing_a_study_skip_each_others_claims_and_merge(tmp_path, sample_store, sample_cache):
+    """Runs claimed by another live process (one per core) are left to it; its results, written into the JSON,
+    are kept by this one; a dead process's claims are taken over. Complete only when every run is in."""
+    import os
+
+    base = [f"data.cache_root={sample_cache}", f"output={tmp_path / 'lm'}", f"work={tmp_path / 'work'}",
+            "targets=[formation_energy]"]
+    cfg = load_recipe(RECIPES / "study_quick.yaml", base, kind=StudyConfig)
+    other = os.getppid()  # a live process that is not this one
+    theirs = ["representations", ["formation_energy", 50, 0, "transfer/random/finetune"]]
+    claims = tmp_path / "lm.claims.json"
+    claims.write_text(json.dumps({json.dumps(k): other for k in theirs}))
+    run_study(cfg)
+    first = json.loads((tmp_path / "lm.json").read_text())
+    assert sorted(r["method"] for r in first["runs"]) == ["transfer/dim/finetune", "transfer/other-target/finetune"]
+    assert not first["complete"]
+
+    # the other process finishes its run meanwhile and writes it in (as _write does, under the lock)
+    record = {**first["runs"][0], "method": "transfer/random/finetune", "mae": 1.0}
+    (tmp_path / "lm.json").write_text(json.dumps({**first, "runs": [*first["runs"], record]}))
+    claims.write_text(json.dumps({json.dumps(theirs[0]): 2**22 + 12345}))  # representations: a dead process's claim
+    run_study(cfg)
+    merged = json.loads((tmp_path / "lm.json").read_text())
+    keys = [(r["seed"], r["method"]) for r in merged["runs"]]
+    assert merged["complete"] and len(keys) == len(set(keys))
+    assert record in merged["runs"]  # the other process's run is kept, not redone
+    assert {"repr/dim/rf", "repr/composition/rf", "transfer/dim/finetune"} <= {m for _, m in keys}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sitenet.dataset import SAMPLE_PATH
-from sitenet.neighbours import NeighbourIndex, nearest, uncertainty_features, write_index
+from sitenet.neighbours import NeighbourIndex, composition_features, nearest, uncertainty_features, write_index
 from training.configs import DataConfig, FinetuneConfig, load_recipe
 from training.finetune import finetune
 
@@ -37,7 +37,9 @@ def test_uncertainty_command_writes_a_calibrated_index(run: Path, sample_cache) 
     fits = json.loads((run / "uncertainty.json").read_text())["fits"]
     assert set(fits) == {"band_gap", "formation_energy"} and fits["band_gap"]["gated"] is True
     for fit in fits.values():
-        assert fit["scale"] > 0 and len(fit["weights"]) == 6 + fit["gated"]
+        assert fit["scale"] > 0 and fit["composition"] and fit["residuals"]
+        assert len(fit["weights"]) == 6 + fit["gated"] + 3 + 1  # + composition, + neighbours' residuals
+    assert len(index.residuals["formation_energy"]) == len(index)
 
     from training.data import load_corpus, make_splits
     from training.uncertainty import calibration
@@ -100,3 +102,29 @@ def test_uncertainty_features_handle_unlabelled_neighbours() -> None:
                              np.array([0.5, 0.9]))
     assert f.shape == (2, 7) and np.isfinite(f).all()
     assert f[1, 2] == pytest.approx(np.log(1e-3))  # the prediction equals its nearest neighbour's label
+
+
+def test_composition_features_flag_gga_u_oxides() -> None:
+    fe2o3, fe, one_atom = np.array([26, 26, 8, 8, 8]), np.array([26]), np.array([14])
+    np.testing.assert_array_equal(composition_features([fe2o3, fe, one_atom]),
+                                  [[2, 1, 1], [1, 0, 1], [1, 0, 0]])
+    assert composition_features([]).shape == (0, 3)
+
+
+def test_an_index_fitted_before_the_optional_features_still_serves(tmp_path: Path) -> None:
+    """A fit without the composition / residual flags (an older index) reads only the base features; a fit
+    with composition needs the crystals' Z (a typed error otherwise)."""
+    rng = np.random.default_rng(0)
+    fit = {"weights": [0.1] * 6, "bias": -1.0, "gated": False, "scale": 1.0}
+    write_index(tmp_path, rng.normal(size=(20, 4)), ids=[f"m{i}" for i in range(20)], formulas=["X"] * 20,
+                labels={"formation_energy": rng.normal(size=20)}, reference=rng.normal(size=(5, 4)),
+                uncertainty={"formation_energy": fit})
+    index = NeighbourIndex(tmp_path)
+    distances, positions = index.search(rng.normal(size=(3, 4)))
+    std = index.std("formation_energy", np.zeros(3), distances, positions, np.ones(3))
+    assert std.shape == (3,) and (std > 0).all()
+    index.uncertainty["formation_energy"] = {**fit, "weights": [0.1] * 9, "composition": True}
+    with pytest.raises(ValueError, match="atomic_numbers"):
+        index.std("formation_energy", np.zeros(3), distances, positions, np.ones(3))
+    zs = [np.array([26, 8]), np.array([14]), np.array([3, 9])]
+    assert index.std("formation_energy", np.zeros(3), distances, positions, np.ones(3), atomic_numbers=zs).shape == (3,)
