@@ -270,9 +270,11 @@ def render_card(
         several = (" One encoder pass gives every target (a multi-task model: one encoder, one head, trained on "
                    "the summed losses, weighted as `loss_weights` in `training.json` says).")\
             if len(config.targets) > 1 else ""
+        init = (training or {}).get("config", {}).get("init")
+        start = f" Training started from `{init}` (`init` in `training.json`)." if init else ""
         out += [f"A Site-Net regressor predicting the {what} of a crystal from its CIF, fine-tuned from the Deep "
                 f"InfoMax pretrained encoder" + (f" [`{base}`](https://huggingface.co/{base})" if base else "") +
-                f". Outputs: {', '.join(f'`{o}`' for o in config.outputs)}.{several}", ""]
+                f". Outputs: {', '.join(f'`{o}`' for o in config.outputs)}.{several}{start}", ""]
 
     out += ["## Files", "",
             "| file | content |", "|---|---|",
