@@ -109,7 +109,7 @@ def run(folder: Path) -> str:
     stored = train["embedding"].astype(np.float16).astype(np.float32)
     distances, positions = nearest(stored, val["embedding"], FEATURE_NEIGHBOURS)
     sites = corpus.sizes(splits.val)[:, 0]
-    composition = composition_features([corpus.store[corpus.store_row[r]].atomic_numbers for r in splits.val])
+    composition = composition_features(corpus.atomic_numbers(splits.val))
     lines = []
     for target in model.config.targets:
         metal = val.get("metal_probability") if model.config.gated(target) else None

@@ -65,12 +65,18 @@ class FeatureStore:
     def __getitem__(self, k: int) -> CrystalFeatures:
         s, j = self._shard[k], self._local[k]
         p, n, images = (int(v) for v in self.sizes[k])
-        a, b = self._site_offsets[s][j], self._pair_offsets[s][j]
+        b = self._pair_offsets[s][j]
         return CrystalFeatures(
-            atomic_numbers=np.asarray(self._species[s][a : a + p], dtype=np.int64),
+            atomic_numbers=self.atomic_numbers(k),
             distance=np.asarray(self._distance[s][b : b + p * n], dtype=np.float32).reshape(p, n),
             images=images,
         )
+
+    def atomic_numbers(self, k: int) -> np.ndarray:
+        """(P,) int64 Z of the primitive sites of row ``k``, without reading its distances."""
+        s, j = self._shard[k], self._local[k]
+        a = self._site_offsets[s][j]
+        return np.asarray(self._species[s][a : a + int(self.sizes[k, 0])], dtype=np.int64)
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row numbers of ``ids``; ids that were rejected or are unknown raise KeyError."""

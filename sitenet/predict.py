@@ -285,11 +285,11 @@ class Predictor:
         embedding = np.stack([o.pop((_PROPERTY_EMBEDDING, id(model))) for o in out])  # (B,E)
         distances, positions = index.search(embedding, max(neighbours, FEATURE_NEIGHBOURS))
         if uncertainty:
+            metal = np.array([o.get("metal_probability", np.nan) for o in out])
+            sites, atomic_numbers = np.array([f.n_primitive for f in features]), [f.atomic_numbers for f in features]
             for target in targets:
-                metal = np.array([o.get("metal_probability", np.nan) for o in out])
-                std = index.std(target, np.array([o[target] for o in out]), distances, positions,
-                                np.array([f.n_primitive for f in features]), metal,
-                                atomic_numbers=[f.atomic_numbers for f in features])
+                std = index.std(target, np.array([o[target] for o in out]), distances, positions, sites, metal,
+                                atomic_numbers=atomic_numbers)
                 for o, value in zip(out, std if std is not None else [None] * len(out)):
                     o[f"{target}_std"] = None if value is None else float(value)
         if neighbours:

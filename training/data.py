@@ -49,6 +49,10 @@ class Corpus:
         """(len(rows), 2) P and N of dataset rows."""
         return self.store.sizes[self.store_row[rows], :2]
 
+    def atomic_numbers(self, rows: np.ndarray) -> list[np.ndarray]:
+        """(P,) Z of the primitive sites of each dataset row."""
+        return [self.store.atomic_numbers(self.store_row[r]) for r in rows]
+
     def labels(self, target: str) -> np.ndarray:
         """(M,) float64 labels of ``target``; NaN where missing or where the sources disagree."""
         y = self.dataset.targets[target].astype(np.float64).copy()

@@ -243,16 +243,15 @@ def run_study(cfg: StudyConfig) -> dict:
     jobs = [(n, s, target, init_name, init) for n, s in _transfer_draws(cfg) for target in cfg.targets
             for init_name, init in transfer_inits(cfg, target, folders["dim"]).items()]
     for n, s, target, init_name, init in jobs:
-        if (target, n, s, f"transfer/{init_name}/finetune") in done or not _claim(
-                output, cfg, (target, n, s, f"transfer/{init_name}/finetune")):
+        method = f"transfer/{init_name}/finetune"
+        if (target, n, s, method) in done or not _claim(output, cfg, (target, n, s, method)):
             continue
         fcfg = transfer_config(cfg, target, init, encoders["dim"].config, n, s,
                                str(Path(cfg.work) / f"ft-{target}-{init_name}-{n}-{s}"))
         folder = finetune(fcfg, corpus=corpus, loggers=False)
         model = SiteNetRegressor.from_pretrained(str(folder))
         pred = predict(model, corpus, tests[target], cfg.data, target)
-        _record(result, target, n, s, f"transfer/{init_name}/finetune",
-                metrics(target, labels[target][tests[target]], pred))
+        _record(result, target, n, s, method, metrics(target, labels[target][tests[target]], pred))
         _write(result, output, start)
         log.info("%s N=%d seed=%d transfer %s done (%.0f s)", target, n, s, init_name,
                  time.monotonic() - start)

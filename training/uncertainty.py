@@ -127,7 +127,7 @@ def add_uncertainty(source: str | Path, output: str | Path | None = None, *, dat
     fits = write_uncertainty(output, model.config, train, val, train_labels=labels,
                              val_labels={t: corpus.labels(t)[splits.val] for t in targets},
                              val_sites=corpus.sizes(splits.val)[:, 0],
-                             val_atomic_numbers=[corpus.store[corpus.store_row[r]].atomic_numbers for r in splits.val],
+                             val_atomic_numbers=corpus.atomic_numbers(splits.val),
                              ids=[str(i) for i in corpus.dataset.ids[splits.train]],
                              formulas=[_formula(corpus, r) for r in splits.train])
     for target, fit in fits.items():
@@ -161,15 +161,15 @@ def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: Data
     values = predict_rows(model, corpus, rows, data)
     distances, positions = index.search(values["embedding"], FEATURE_NEIGHBOURS)
     in_domain = index.in_domain(distances[:, 0])
+    sites, atomic_numbers = corpus.sizes(rows)[:, 0], corpus.atomic_numbers(rows)
     report = {}
     for target in model.config.targets:
         if labels is not None and target not in labels:
             continue
         y = (labels[target] if labels is not None else corpus.labels(target))[rows]
         ok = np.isfinite(y)
-        std = index.std(target, values[target], distances, positions, corpus.sizes(rows)[:, 0],
-                        values.get("metal_probability"),
-                        atomic_numbers=[corpus.store[corpus.store_row[r]].atomic_numbers for r in rows])
+        std = index.std(target, values[target], distances, positions, sites, values.get("metal_probability"),
+                        atomic_numbers=atomic_numbers)
         error, std, score = np.abs(values[target] - y)[ok], std[ok], in_domain[ok]
         decile = np.minimum(np.argsort(np.argsort(score, kind="stable"), kind="stable") * 10 // len(score), 9)
         report[target] = {
