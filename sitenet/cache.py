@@ -133,7 +133,11 @@ def build_features(
         for job in jobs:
             bar.update(_build_shard(*job))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        import multiprocessing
+
+        # spawn, not fork: a fork taken while torch's or ONNX Runtime's thread pools hold a lock can hang the
+        # child (seen when the cache was built after inference in the same process)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in pool.map(_build_shard, *zip(*jobs)) if jobs else []:
                 bar.update(done)
     bar.close()

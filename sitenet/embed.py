@@ -26,25 +26,29 @@ def load_encoder(model: str = "sitenet-dim-mp2018", *, seed: int = 0):
     import torch
 
     from sitenet.config import SiteNetConfig
-    from sitenet.model import SiteNetEncoder, SiteNetRegressor
+    from sitenet.hub import resolve
+    from sitenet.model import SiteNetEncoder
 
     if model == "random":
         torch.manual_seed(seed)
         return SiteNetEncoder(SiteNetConfig()).eval()
-    from sitenet.hub import model_type, resolve
+    return _torch_encoder(resolve(model))
 
-    folder = resolve(model)
+
+def _torch_encoder(folder: Path):
+    from sitenet.hub import model_type
+    from sitenet.model import SiteNetEncoder, SiteNetRegressor
+
     if model_type(folder) == "sitenet-regressor":
         return SiteNetRegressor.from_pretrained(folder).encoder.eval()
     return SiteNetEncoder.from_pretrained(folder).eval()
 
 
-def _encoder_folder(model: str) -> Path | None:
-    """The model's folder if it is an encoder with an ONNX graph (the torch-free path), else None."""
-    from sitenet.hub import model_type, resolve
+def _onnx_encoder(folder: Path) -> bool:
+    """Whether the folder is an encoder with an ONNX graph (the torch-free path)."""
+    from sitenet.hub import model_type
 
-    folder = resolve(model)
-    return folder if model_type(folder) == "sitenet" and (folder / "model.onnx").is_file() else None
+    return model_type(folder) == "sitenet" and (folder / "model.onnx").is_file()
 
 
 def embed_features(encoder, features: Sequence[CrystalFeatures], *, batch_size: int = 64) -> np.ndarray:
@@ -69,8 +73,10 @@ def embed_files(
     rejected file with its reason in ``<output stem>.rejected.csv``. Returns 0, or 1 if nothing was embedded."""
     kept: list[tuple[str, str, int]] = []
     rejected: list[tuple[str, str, str]] = []
-    folder = None if model == "random" else _encoder_folder(model)
-    if folder is not None:
+    from sitenet.hub import resolve
+
+    folder = None if model == "random" else resolve(model)  # resolved (and verified) once
+    if folder is not None and _onnx_encoder(folder):
         from sitenet.predict import Predictor, Rejection
 
         with Predictor.from_pretrained(folder, None, None) as predictor:
@@ -85,7 +91,7 @@ def embed_files(
                 vectors.append(r.embedding)
         embeddings = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, 0))
     else:
-        encoder = load_encoder(model, seed=seed)
+        encoder = load_encoder(model, seed=seed) if folder is None else _torch_encoder(folder)
         spec = encoder.config.features
         features: list[CrystalFeatures] = []
         for path in paths:

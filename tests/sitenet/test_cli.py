@@ -41,6 +41,24 @@ def test_embed_cif_files_to_csv_and_npy_reports_rejections(tmp_path):
     assert np.allclose(np.load(npy), torch_vectors, atol=1e-4)
 
 
+
+def test_embed_with_a_regressor_folder_gives_its_encoders_vectors(tmp_path, monkeypatch):
+    """A regressor folder embeds in PyTorch with its own encoder, resolved (and verified) once."""
+    from sitenet import embed, hub
+    from sitenet.features import featurize
+    from sitenet.model import SiteNetRegressor
+    from sitenet.structure import read_structure
+
+    folder = hub.resolve("sitenet-dim-mp2018-formation-energy")
+    calls = []
+    monkeypatch.setattr(hub, "resolve", lambda model, *a, **k: calls.append(model) or folder)
+    good = sorted((REPO / "examples").glob("*.cif"))[:2]
+    assert embed.embed_files([str(p) for p in good], output=tmp_path / "e.npy", model="anything") == 0
+    assert calls == ["anything"]
+    encoder = SiteNetRegressor.from_pretrained(folder).encoder.eval()
+    expected = embed.embed_features(encoder, [featurize(read_structure(p), spec=encoder.config.features) for p in good])
+    assert np.allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-6)
+
 def test_featurize_a_user_table(tmp_path):
     table = tmp_path / "t.csv"
     with table.open("w", newline="") as fh:
