@@ -152,33 +152,51 @@ def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: Data
     nominal 68% / 95% intervals, and MAE by decile of the in-domain score (decile 1: least in-domain).
     Each report also holds the ``predictions`` (scored rows, in order). ``labels``: (M,) labels by target for every corpus row, instead of the corpus's own (another data set's
     columns); targets with no labels are skipped."""
-    from scipy.stats import spearmanr
+    scored = predict_with_uncertainty(folder, corpus, rows, data)
+    report = {}
+    for target in scored["targets"]:
+        if labels is not None and target not in labels:
+            continue
+        y = (labels[target] if labels is not None else corpus.labels(target))[rows]
+        report[target] = calibration_report(scored[target], scored[f"{target}_std"], scored["in_domain"], y)
+    return report
 
+
+def predict_with_uncertainty(folder: str | Path, corpus: Corpus, rows: np.ndarray,
+                             data: DataConfig) -> dict[str, object]:
+    """``folder``'s predictions (B,) and stds (B,) of each of its ``targets`` (keys ``<target>``,
+    ``<target>_std``) on dataset ``rows``, and their in-domain scores (B,): what :func:`calibration_report`
+    scores against any labels."""
     from sitenet.neighbours import FEATURE_NEIGHBOURS, NeighbourIndex
 
     model = SiteNetRegressor.from_pretrained(str(folder)).eval()
     index = NeighbourIndex(folder)
     values = predict_rows(model, corpus, rows, data)
     distances, positions = index.search(values["embedding"], FEATURE_NEIGHBOURS)
-    in_domain = index.in_domain(distances[:, 0])
     sites, atomic_numbers = corpus.sizes(rows)[:, 0], corpus.atomic_numbers(rows)
-    report = {}
+    out: dict[str, object] = {"targets": list(model.config.targets), "in_domain": index.in_domain(distances[:, 0])}
     for target in model.config.targets:
-        if labels is not None and target not in labels:
-            continue
-        y = (labels[target] if labels is not None else corpus.labels(target))[rows]
-        ok = np.isfinite(y)
-        std = index.std(target, values[target], distances, positions, sites, values.get("metal_probability"),
-                        atomic_numbers=atomic_numbers)
-        error, std, score = np.abs(values[target] - y)[ok], std[ok], in_domain[ok]
-        decile = np.minimum(np.argsort(np.argsort(score, kind="stable"), kind="stable") * 10 // len(score), 9)
-        report[target] = {
-            "count": int(ok.sum()), "mae": float(error.mean()),
-            "spearman_abs_error_std": float(spearmanr(error, std).statistic),
-            "spearman_abs_error_out_of_domain": float(spearmanr(error, -score).statistic),
-            "coverage_68": float(np.mean(error <= std)), "coverage_95": float(np.mean(error <= Z95 * std)),
-            "mae_by_in_domain_decile": [float(error[decile == d].mean()) for d in range(10)],
-            "median_in_domain": float(np.median(score)),
-            "predictions": values[target][ok],
-        }
-    return report
+        out[target] = values[target]
+        out[f"{target}_std"] = index.std(target, values[target], distances, positions, sites,
+                                         values.get("metal_probability"), atomic_numbers=atomic_numbers)
+    return out
+
+
+def calibration_report(prediction: np.ndarray, std: np.ndarray, in_domain: np.ndarray,
+                       y: np.ndarray) -> dict[str, object]:
+    """The :func:`calibration` report of predictions (B,) with stds and in-domain scores against labels ``y``
+    (B,; NaN rows are not scored)."""
+    from scipy.stats import spearmanr
+
+    ok = np.isfinite(y)
+    error, std, score = np.abs(prediction - y)[ok], std[ok], in_domain[ok]
+    decile = np.minimum(np.argsort(np.argsort(score, kind="stable"), kind="stable") * 10 // len(score), 9)
+    return {
+        "count": int(ok.sum()), "mae": float(error.mean()),
+        "spearman_abs_error_std": float(spearmanr(error, std).statistic),
+        "spearman_abs_error_out_of_domain": float(spearmanr(error, -score).statistic),
+        "coverage_68": float(np.mean(error <= std)), "coverage_95": float(np.mean(error <= Z95 * std)),
+        "mae_by_in_domain_decile": [float(error[decile == d].mean()) for d in range(10)],
+        "median_in_domain": float(np.median(score)),
+        "predictions": prediction[ok],
+    }
