@@ -173,6 +173,9 @@ class StudyConfig(_Frozen):
         "or regressor folder / zoo name, or {target: init} (e.g. the zoo model of the other target)")
     transfer_budgets: tuple[int, ...] | None = Field(None, description="budgets for transfer; None: all")
     transfer_seeds: int | None = Field(None, ge=1, description="cap on transfer seeds per budget")
+    transfer_from_budgets: dict[str, tuple[int, ...]] = Field(
+        default_factory=dict, description="budgets of single transfer_from inits: name -> budgets (e.g. an "
+        "ablation fine-tuned only at small N); inits not named here use transfer_budgets")
     test_limit: int | None = Field(None, ge=1, description="score on at most this many test rows (seeded)")
     output: str = "benchmarks/results/label_masking"
     work: str = Field("runs/study", description="folder for the study's encoders and fine-tunes")
@@ -190,6 +193,9 @@ class StudyConfig(_Frozen):
                              f"dim, dim-standard, dim-matched, random, composition, dim+composition: got {named}")
         if {"dim", "random"} & set(self.transfer_from):
             raise ValueError("transfer_from may not name 'dim' or 'random': they always run")
+        if set(self.transfer_from_budgets) - set(self.transfer_from):
+            raise ValueError(f"transfer_from_budgets names inits not in transfer_from: "
+                             f"{sorted(set(self.transfer_from_budgets) - set(self.transfer_from))}")
         for name, init in self.transfer_from.items():
             if isinstance(init, dict) and set(self.targets) - set(init):
                 raise ValueError(f"transfer_from[{name!r}] names no init for {sorted(set(self.targets) - set(init))}")

@@ -109,10 +109,11 @@ def _draws(cfg: StudyConfig) -> list[tuple[int, int]]:
     return [(n, s) for n in cfg.budgets for s in range(cfg.seeds(n))]
 
 
-def _transfer_draws(cfg: StudyConfig) -> list[tuple[int, int]]:
+def _transfer_draws(cfg: StudyConfig, init: str | None = None) -> list[tuple[int, int]]:
+    """The (N, seed) draws fine-tuned from ``init`` (any init not in ``transfer_from_budgets`` when None)."""
     if not cfg.transfer:
         return []
-    budgets = cfg.transfer_budgets or cfg.budgets
+    budgets = cfg.transfer_from_budgets.get(init or "") or cfg.transfer_budgets or cfg.budgets
     return [(n, s) for n in budgets for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n)))]
 
 
@@ -238,10 +239,9 @@ def run_study(cfg: StudyConfig) -> dict:
             _write(result, output, start)
             log.info("%s N=%d seed=%d: representation runs done (%.0f s)", target, n, s, time.monotonic() - start)
 
-    # transfer learning, the expensive part: ordered by budget and seed, so an interrupted study is balanced.
-    # Every init gets the same protocol: all N labels, a fixed schedule, the last epoch (no validation carve).
-    jobs = [(n, s, target, init_name, init) for n, s in _transfer_draws(cfg) for target in cfg.targets
-            for init_name, init in transfer_inits(cfg, target, folders["dim"]).items()]
+    # transfer learning, the expensive part. Every init gets the same protocol: all N labels, a fixed schedule,
+    # the last epoch (no validation carve).
+    jobs = transfer_jobs(cfg, folders["dim"])
     for n, s, target, init_name, init in jobs:
         method = f"transfer/{init_name}/finetune"
         if (target, n, s, method) in done or not _claim(output, cfg, (target, n, s, method)):
@@ -262,8 +262,17 @@ def run_study(cfg: StudyConfig) -> dict:
     return result
 
 
+def transfer_jobs(cfg: StudyConfig, dim_folder: str) -> list[tuple[int, int, str, str, str]]:
+    """Every fine-tuning run as (N, seed, target, init name, init), ordered by budget and seed so that an
+    interrupted study is balanced."""
+    jobs = [(n, s, target, name, init) for target in cfg.targets
+            for name, init in transfer_inits(cfg, target, dim_folder).items() for n, s in _transfer_draws(cfg, name)]
+    return sorted(jobs, key=lambda job: job[:2])  # stable: targets and inits keep their order within a draw
+
+
 # changing these only adds or drops runs (transfer runs, an embedding's runs); shared runs stay valid
-_ADDITIVE = ("transfer_budgets", "transfer_seeds", "pretrain_variants", "encoders", "embedding_files", "transfer_from")
+_ADDITIVE = ("transfer_budgets", "transfer_seeds", "transfer_from_budgets", "pretrain_variants", "encoders",
+             "embedding_files", "transfer_from")
 
 
 def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
@@ -279,7 +288,6 @@ def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
     if then != cfg:
         log.info("%s was written with other settings: starting afresh", path)
         return []
-    planned = set(_transfer_draws(cfg))
 
     def stale(key: str) -> set[str]:  # names whose definition was dropped or changed
         before, now = previous["config"].get(key, {}), getattr(cfg, key)
@@ -291,7 +299,7 @@ def _previous_runs(cfg: StudyConfig, output: Path) -> list[dict]:
     def keep(r: dict) -> bool:
         kind, name, _ = r["method"].split("/")
         if kind == "transfer":
-            return (r["n_labels"], r["seed"]) in planned and name not in stale_init
+            return (r["n_labels"], r["seed"]) in _transfer_draws(cfg, name) and name not in stale_init
         return name not in stale_repr
 
     kept = [r for r in previous["runs"] if keep(r)]
@@ -420,6 +428,7 @@ def markdown(summary: dict, *, complete: bool, config: dict | None = None, units
                   "(matminer), `dim+composition` = both side by side; other names are given in the settings.", "",
                   "Settings: " + json.dumps({k: config[k] for k in ("budgets", "seeds_small", "seeds_large",
                                                                      "transfer_budgets", "transfer_seeds",
+                                                                     "transfer_from_budgets",
                                                                      "pretrain_variants", "encoders",
                                                                      "embedding_files", "transfer_from")
                                              if k in config}), ""]

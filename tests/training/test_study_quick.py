@@ -2,10 +2,14 @@
 
 import json
 import shutil
+from collections import Counter
+
+import pytest
+from pydantic import ValidationError
 
 from training.cli import RECIPES
 from training.configs import StudyConfig, load_recipe
-from training.study import run_study
+from training.study import _previous_runs, run_study, transfer_jobs
 
 
 
@@ -125,3 +129,27 @@ def test_processes_sharing_a_study_skip_each_others_claims_and_merge(tmp_path, s
     assert merged["complete"] and len(keys) == len(set(keys))
     assert record in merged["runs"]  # the other process's run is kept, not redone
     assert {"repr/dim/rf", "repr/composition/rf", "transfer/dim/finetune"} <= {m for _, m in keys}
+
+
+def test_an_init_with_its_own_budgets_runs_and_keeps_only_those(tmp_path):
+    """``transfer_from_budgets`` scopes one init (an ablation fine-tuned at small N only); adding it to a
+    finished study keeps every run it still plans and drops the init's runs at other budgets."""
+    cfg = StudyConfig(budgets=(50, 100), seeds_small=2, transfer_from={"extra": "some/folder"},
+                      transfer_from_budgets={"extra": (50,)}, output=str(tmp_path / "lm"))
+    jobs = transfer_jobs(cfg, "dim/folder")
+    assert Counter(job[3] for job in jobs) == {"dim": 8, "random": 8, "extra": 4}  # 2 targets x 2 seeds x budgets
+    assert {job[0] for job in jobs if job[3] == "extra"} == {50}
+    assert [job[:2] for job in jobs] == sorted(job[:2] for job in jobs)  # budget, then seed: balanced if stopped
+
+    config = cfg.model_dump(mode="json")
+    del config["transfer_from_budgets"]  # written before the setting existed
+    run = {"target": "band_gap", "seed": 0, "mae": 1.0}
+    runs = [{**run, "n_labels": n, "method": m} for n, m in [(50, "transfer/extra/finetune"),
+                                                             (100, "transfer/extra/finetune"),
+                                                             (100, "transfer/dim/finetune"), (100, "repr/dim/rf")]]
+    (tmp_path / "lm.json").write_text(json.dumps({"config": config, "runs": runs}))
+    kept = _previous_runs(cfg, tmp_path / "lm")
+    assert [(r["n_labels"], r["method"]) for r in kept] == [(50, "transfer/extra/finetune"),
+                                                            (100, "transfer/dim/finetune"), (100, "repr/dim/rf")]
+    with pytest.raises(ValidationError, match=r"not in transfer_from: \['typo'\]"):
+        StudyConfig(transfer_from={"extra": "some/folder"}, transfer_from_budgets={"typo": (50,)})
