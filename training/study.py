@@ -470,7 +470,7 @@ def plot(summary: dict, path: Path, *, units: dict[str, str] | None = None, titl
     targets = sorted({k[0] for k in summary})
     if not targets:
         return
-    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(8.5 * len(targets), 4.6), squeeze=False)
     for ax, target in zip(axes[0], targets):
         methods = sorted({k[1] for k in summary if k[0] == target})
         shown = [m for m in methods if m.startswith("transfer/")] + \
@@ -488,7 +488,7 @@ def plot(summary: dict, path: Path, *, units: dict[str, str] | None = None, titl
         ax.set_ylabel(f"held-out MAE ({units.get(target, '?')})")
         ax.set_title(f"{title + ': ' if title else ''}{target}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the panel: no line hidden
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
