@@ -92,8 +92,7 @@ def element_reference_shift(predictions: np.ndarray, labels: np.ndarray, atomic_
 
 
 def _row(folder: Path, data: str, target: str, report: dict) -> dict:
-    return {"model": folder.name, "data": data, "target": target,
-            **{k: v for k, v in report.items() if k != "predictions"}}
+    return {"model": folder.name, "data": data, "target": target, **report}
 
 
 def _no_ids() -> Path:

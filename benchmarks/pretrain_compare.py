@@ -59,14 +59,15 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     probes = sorted({k for epochs in runs.values() for e in epochs for k in e if k.startswith("val/probe_")})
-    fig, axes = plt.subplots(1, len(probes) + 1, figsize=(5 * (len(probes) + 1), 3.8), squeeze=False)
+    panels = (*probes, "val/collapsed_dims")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for k, (name, epochs) in enumerate(runs.items()):
         x = [e["epoch"] for e in epochs]
-        for ax, key in zip(axes[0], (*probes, "val/collapsed_dims")):
+        for ax, key in zip(axes[0], panels):
             ax.plot(x, [e.get(key, float("nan")) for e in epochs], marker="o", ms=2, lw=1.2, color=f"C{k}",
                     label=name)
             ax.axvline(best_epoch(epochs), color=f"C{k}", ls=":", lw=1)
-    for ax, key in zip(axes[0], (*probes, "val/collapsed_dims")):
+    for ax, key in zip(axes[0], panels):
         title = key.removeprefix("val/").removeprefix("probe_").removesuffix("_mae").replace("_", " ")
         ax.set(title=f"frozen probe (RF): {title}" if key in probes else "collapsed embedding dimensions",
                xlabel="pretraining epoch (dotted: kept epoch)", ylabel="validation MAE" if key in probes else "")

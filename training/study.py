@@ -109,11 +109,11 @@ def _draws(cfg: StudyConfig) -> list[tuple[int, int]]:
     return [(n, s) for n in cfg.budgets for s in range(cfg.seeds(n))]
 
 
-def _transfer_draws(cfg: StudyConfig, init: str | None = None) -> list[tuple[int, int]]:
-    """The (N, seed) draws fine-tuned from ``init`` (any init not in ``transfer_from_budgets`` when None)."""
+def _transfer_draws(cfg: StudyConfig, init: str) -> list[tuple[int, int]]:
+    """The (N, seed) draws fine-tuned from the init named ``init``."""
     if not cfg.transfer:
         return []
-    budgets = cfg.transfer_from_budgets.get(init or "") or cfg.transfer_budgets or cfg.budgets
+    budgets = cfg.transfer_from_budgets.get(init) or cfg.transfer_budgets or cfg.budgets
     return [(n, s) for n in budgets for s in range(min(cfg.seeds(n), cfg.transfer_seeds or cfg.seeds(n)))]
 
 

@@ -145,21 +145,16 @@ def _formula(corpus: Corpus, row: int) -> str:
     return read_crystal(corpus.dataset.cifs[row]).formula
 
 
-def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray, data: DataConfig, *,
-                labels: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, object]]:
+def calibration(folder: str | Path, corpus: Corpus, rows: np.ndarray,
+                data: DataConfig) -> dict[str, dict[str, object]]:
     """How well ``folder``'s uncertainty and in-domain score track its errors on dataset ``rows``, per target:
     MAE, Spearman correlation of |error| with the predicted std and with the in-domain score, coverage of the
-    nominal 68% / 95% intervals, and MAE by decile of the in-domain score (decile 1: least in-domain).
-    Each report also holds the ``predictions`` (scored rows, in order). ``labels``: (M,) labels by target for every corpus row, instead of the corpus's own (another data set's
-    columns); targets with no labels are skipped."""
+    nominal 68% / 95% intervals, and MAE by decile of the in-domain score (decile 1: least in-domain). To score
+    other labels (another data set's columns), call :func:`predict_with_uncertainty` and
+    :func:`calibration_report`."""
     scored = predict_with_uncertainty(folder, corpus, rows, data)
-    report = {}
-    for target in scored["targets"]:
-        if labels is not None and target not in labels:
-            continue
-        y = (labels[target] if labels is not None else corpus.labels(target))[rows]
-        report[target] = calibration_report(scored[target], scored[f"{target}_std"], scored["in_domain"], y)
-    return report
+    return {target: calibration_report(scored[target], scored[f"{target}_std"], scored["in_domain"],
+                                       corpus.labels(target)[rows]) for target in scored["targets"]}
 
 
 def predict_with_uncertainty(folder: str | Path, corpus: Corpus, rows: np.ndarray,
@@ -198,5 +193,4 @@ def calibration_report(prediction: np.ndarray, std: np.ndarray, in_domain: np.nd
         "coverage_68": float(np.mean(error <= std)), "coverage_95": float(np.mean(error <= Z95 * std)),
         "mae_by_in_domain_decile": [float(error[decile == d].mean()) for d in range(10)],
         "median_in_domain": float(np.median(score)),
-        "predictions": prediction[ok],
     }
